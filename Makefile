@@ -1,0 +1,36 @@
+# repsim_jax: the two commands of the README are `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# Simulated devices so sharded code paths run on a CPU-only machine (harmless on GPU/TPU:
+# the flag only affects the host platform).
+export XLA_FLAGS ?= --xla_force_host_platform_device_count=8
+
+.PHONY: all venv demo test test-fast bench clean
+
+all: test
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch is pinned and installed first so that nothing pulls a CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test,torch]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/repsim demo
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
+
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -q -m "not slow" tests
+
+bench: $(VENV)/.installed
+	for f in benchmarks/bench_*.py; do $(PY) $$f --quick || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,1 @@
+"""repsim_jax.invert"""
