@@ -45,15 +45,17 @@ def layer_shapes(model, input_shape: Sequence[int] | None = None) -> dict[str, t
     """Per-image shape of every named layer, in forward order (computed abstractly)."""
     hwc = tuple(input_shape) if input_shape is not None else _input_shape(model)
     graphdef, state = nnx.split(model)
+    order: list[str] = []  # jax returns dict pytrees with sorted keys: keep forward order
 
     def run(state, x):
         m = nnx.merge(graphdef, state)
         taps: dict = {}
         m(x, taps=taps)
+        order[:] = list(taps)
         return taps
 
     out = jax.eval_shape(run, state, jax.ShapeDtypeStruct((1, *hwc), jnp.float32))
-    return {k: tuple(v.shape[1:]) for k, v in out.items()}
+    return {k: tuple(out[k].shape[1:]) for k in order}
 
 
 def list_layers(model, input_shape: Sequence[int] | None = None) -> list[str]:
