@@ -1,0 +1,259 @@
+r"""Visual summaries end to end: masks -> regions -> similarity -> AP -> SSIM cleaning.
+
+Per class :math:`c` (Godi et al., BMVC 2018): take up to ``images_per_class`` images of
+class :math:`c` that the classifier gets right (official: 10), optimise their sharp masks
+(:mod:`.masks`, all classes' images in one vmapped run), extract regions and their
+appearance x geometric-consistency similarities (:mod:`.regions`), prune redundant boxes,
+cluster the regions of the class with affinity propagation on the similarity shifted to
+:math:`\le 0` with preference :math:`1.3 \times` its median, keep per cluster at most 10
+members (one per image) and drop clusters whose median pairwise grey SSIM is below
+:math:`0.9 \times` the median over clusters (:mod:`.cluster`). The surviving clusters are
+the class's *visual summaries*; their count per class compares architectures.
+
+Substitutes (no Proposal Flow / Selective Search): grid box proposals + mask components
+instead of Selective Search; appearance x offset-consistency instead of the LOM score
+(:mod:`.regions`); and instead of warping each member image onto the exemplar with the
+dense flow, every member's box is resampled onto a common ``crop_size`` square (a
+box-to-box affine warp) before the SSIM. Clusters with a single member cannot recur
+across images and are never summaries.
+
+Degenerate inputs end in a :class:`ClassSummary` whose ``status`` says what happened
+(never an exception): ``"no_correct_images"`` (no image of the class is classified
+correctly), ``"empty_masks"`` (every mask collapsed to nothing deleted),
+``"single_region"`` (one region in total: nothing to cluster), ``"no_recurring_cluster"``
+(every cluster lives in one image only), ``"ok"``. A warning accompanies each non-ok
+status.
+"""
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import Callable, Sequence
+
+import numpy as np
+
+from repsim_jax._checks import InputError, as_float_array, check_same_length
+from repsim_jax.summaries import cluster as _cluster
+from repsim_jax.summaries import masks as _masks
+from repsim_jax.summaries import regions as _regions
+
+__all__ = ["ClassSummary", "SummaryResult", "summarise_regions", "visual_summaries",
+           "summary_purity"]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ClassSummary:
+    """Summaries of one class.
+
+    ``image_indices`` (n,) indices (into the caller's images) of the images used;
+    ``regions`` boxes with ``image_ids`` indexing ``image_indices``; ``similarity`` (R, R);
+    ``labels`` (R,) AP cluster of each region; ``members`` list (per AP cluster) of region
+    indices (exemplar first, one per image, <= 10); ``coherence`` (K,) median pairwise
+    SSIM; ``kept`` (K,) bool; ``summaries`` = the kept clusters' member lists;
+    ``empty_masks`` image indices whose mask deleted nothing; ``status``/``message``.
+    """
+
+    class_index: int
+    status: str
+    message: str
+    image_indices: np.ndarray
+    regions: _regions.Regions
+    similarity: np.ndarray
+    labels: np.ndarray
+    members: list
+    coherence: np.ndarray
+    kept: np.ndarray
+    empty_masks: np.ndarray
+
+    @property
+    def summaries(self) -> list[np.ndarray]:
+        return [m for m, k in zip(self.members, self.kept) if k]
+
+    @property
+    def n_summaries(self) -> int:
+        return int(np.sum(self.kept))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SummaryResult:
+    """``masks`` for the selected images (``image_indices`` into the caller's arrays) and
+    ``classes`` {class index: :class:`ClassSummary`}; ``counts()`` = summaries per class."""
+
+    image_indices: np.ndarray
+    masks: _masks.MaskResult
+    classes: dict
+
+    def counts(self) -> dict[int, int]:
+        return {c: s.n_summaries for c, s in self.classes.items()}
+
+
+def _empty(class_index, status, message, image_indices, empty=None) -> ClassSummary:
+    warnings.warn(f"visual summaries, class {class_index}: {message}", stacklevel=3)
+    z = np.zeros(0, np.int64)
+    return ClassSummary(class_index, status, message, np.asarray(image_indices, np.int64),
+                        _regions.Regions(z, np.zeros((0, 4), np.int64), np.zeros(0, np.int8)),
+                        np.zeros((0, 0), np.float32), z, [], np.zeros(0), np.zeros(0, bool),
+                        np.asarray(empty if empty is not None else z, np.int64))
+
+
+def summarise_regions(images, sharp_masks, *, class_index: int = 0, image_indices=None,
+                      features=None, crop_size: int = 32, max_members: int = 10,
+                      ssim_threshold: float = 0.9, preference_factor: float = 1.3,
+                      min_inside: float = 0.75, mask_threshold: float = 0.5,
+                      proposals: bool = True, components: bool = True,
+                      damping: float = 0.9, max_iter: int = 1000,
+                      convergence_iter: int = 100) -> ClassSummary:
+    """Stage 2 for the images of one class: regions -> similarity -> AP -> cleaning.
+
+    ``images`` (n, H, W, C) in [0, 1] for crops/SSIM; ``sharp_masks`` (n, H, W);
+    ``features``: None for HOG appearance, or (n, h, w, D) feature maps whose average over
+    a region is its descriptor. ``image_indices`` labels the images in the result.
+    """
+    as_float_array(images, "images", ndim=4)
+    as_float_array(sharp_masks, "sharp_masks", ndim=3)
+    images = np.asarray(images, np.float32)
+    n, h, w, _ = images.shape
+    if sharp_masks.shape != (n, h, w):
+        raise InputError(f"sharp_masks: expected shape {(n, h, w)}, got {sharp_masks.shape}")
+    ids = np.arange(n) if image_indices is None else np.asarray(image_indices, np.int64)
+    binary = _regions.binarise(sharp_masks, mask_threshold)
+    empty = ids[~binary.any((1, 2))]
+    if empty.size == n:
+        return _empty(class_index, "empty_masks", f"all {n} mask(s) collapsed to empty (no "
+                      "pixel deleted); no regions", ids, empty)
+    cand = _regions.candidate_regions(binary, min_inside=min_inside, proposals=proposals,
+                                      components=components)
+    if len(cand) == 0:
+        return _empty(class_index, "empty_masks", "no region survived the "
+                      f"{min_inside:.0%}-inside rule", ids, empty)
+
+    def descriptors(reg):
+        if features is None:
+            return _regions.hog_descriptors(images, reg)
+        return _regions.pooled_descriptors(features, reg, (h, w))
+
+    sim = _regions.region_similarity(descriptors(cand), cand, (h, w))
+    other = cand.image_ids[:, None] != cand.image_ids[None, :]
+    keep = []
+    top = np.sort(np.where(other, sim, -np.inf), axis=1)[:, ::-1][:, :100]
+    score = np.array([t[np.isfinite(t)].mean() if np.isfinite(t).any() else 0.0 for t in top])
+    for i in np.unique(cand.image_ids):
+        idx = np.flatnonzero(cand.image_ids == i)
+        keep.append(idx[_regions.prune_redundant(cand.boxes[idx], score[idx])])
+    keep = np.sort(np.concatenate(keep))
+    reg = cand.take(keep)
+    sim = sim[np.ix_(keep, keep)]
+    if len(reg) == 1:
+        return dataclasses.replace(
+            _empty(class_index, "single_region", "only one region in total: nothing to "
+                   "cluster, no summary", ids, empty),
+            regions=reg, similarity=sim,
+            labels=np.zeros(1, np.int64))
+    shifted, pref = _cluster.shifted_similarity(sim, preference_factor)
+    ap = _cluster.affinity_propagation(shifted, pref, damping=damping, max_iter=max_iter,
+                                       convergence_iter=convergence_iter)
+    members = _cluster.cluster_members(ap.labels, ap.exemplars, sim, reg.image_ids,
+                                       max_members)
+    sizes = np.array([len(m) for m in members])
+    m_max = int(max(max_members, 2))
+    grey = np.asarray(_regions.crop_regions(images, reg, crop_size)).mean(-1)
+    padded = np.zeros((_regions._bucket(len(members), 4), m_max, crop_size, crop_size),
+                      np.float32)
+    for k, m in enumerate(members):
+        padded[k, :len(m)] = grey[m]
+    pw = np.asarray(_cluster.pairwise_ssim(padded))[:len(members)]
+    kept, coherence = _cluster.coherent_clusters(pw, sizes, ssim_threshold)
+    status, message = "ok", (f"{int(kept.sum())} summaries from {len(members)} clusters of "
+                             f"{len(reg)} regions")
+    if not np.any(sizes >= 2):
+        status = "no_recurring_cluster"
+        message = (f"all {len(members)} cluster(s) of {len(reg)} regions lie in a single "
+                   "image; no summary")
+        warnings.warn(f"visual summaries, class {class_index}: {message}", stacklevel=2)
+    return ClassSummary(class_index, status, message, ids, reg, sim, ap.labels, members,
+                        coherence, kept, empty)
+
+
+def visual_summaries(classifier, images, labels, classes: Sequence[int] | None = None, *,
+                     images_per_class: int = 10, features: str | Callable | None = None,
+                     smooth_steps: int | None = None, sharp_steps: int | None = None,
+                     batch_size: int | None = 64, progress: bool = True,
+                     **stage2) -> SummaryResult:
+    """Visual summaries of ``classes`` (default: all labels present) for ``classifier``.
+
+    ``classifier``: nnx model (capture convention) or ``logits_fn(images)``; ``images``
+    (N, H, W, C) in [0, 1] (the input the classifier takes); ``labels`` (N,) true classes.
+    Per class the first ``images_per_class`` correctly classified images are used; masks
+    for all of them are optimised in one vmapped run. ``features``: None (HOG), a layer
+    name of an nnx ``classifier`` (its activations pooled over regions), or a function
+    ``images -> (N, h, w, D)``. ``stage2`` goes to :func:`summarise_regions`.
+    """
+    as_float_array(images, "images", ndim=4)
+    images = np.asarray(images, np.float32)
+    labels = np.asarray(labels)
+    check_same_length("images", images, "labels", labels)
+    if labels.dtype.kind not in "iu":
+        raise InputError(f"labels: expected integer classes, got dtype {labels.dtype}")
+    classes = sorted(np.unique(labels).tolist()) if classes is None else list(classes)
+    apply, params = _masks.classifier_apply(classifier)
+    probs = np.concatenate([np.asarray(_masks._probs(images[a:b], params, apply))
+                            for a, b in _masks._chunks(len(images), batch_size or len(images))])
+    correct = probs.argmax(1) == labels
+    chosen, no_correct = [], []
+    for c in classes:
+        idx = np.flatnonzero((labels == c) & correct)[:images_per_class]
+        (chosen.append(idx) if idx.size else no_correct.append(c))
+    sel = np.concatenate(chosen) if chosen else np.zeros(0, np.int64)
+    if sel.size:
+        mres = _masks.optimise_masks(classifier, images[sel], labels[sel],
+                                     smooth_steps=smooth_steps, sharp_steps=sharp_steps,
+                                     batch_size=batch_size, progress=progress)
+    else:
+        mres = None
+    fmaps = None
+    if features is not None and sel.size:
+        if isinstance(features, str):
+            from repsim_jax.models import activations
+            fmaps = np.asarray(activations(classifier, images[sel], [features],
+                                           batch_size=batch_size)[features])
+        elif callable(features):
+            fmaps = np.asarray(features(images[sel]))
+        else:
+            raise InputError("features: expected None, a layer name or a function")
+    out = {}
+    for c in classes:
+        if c in no_correct:
+            out[c] = _empty(c, "no_correct_images", "no image of this class is classified "
+                            "correctly; no summary", np.zeros(0, np.int64))
+            continue
+        pos = np.flatnonzero(labels[sel] == c)
+        out[c] = summarise_regions(images[sel[pos]], mres.sharp[pos], class_index=c,
+                                   image_indices=sel[pos],
+                                   features=None if fmaps is None else fmaps[pos], **stage2)
+    return SummaryResult(sel, mres, out)
+
+
+def summary_purity(class_summary: ClassSummary, concept_masks, *, min_cover: float = 0.25,
+                   concepts=None, members=None) -> tuple[np.ndarray, np.ndarray]:
+    r"""How much the regions of each summary show the same ground-truth concept.
+
+    A region *shows* concept :math:`c` when at least ``min_cover`` of its box's pixels lie
+    in :math:`c`'s mask. A summary's purity is :math:`\max_c` (fraction of its members
+    showing :math:`c`). ``concept_masks`` (N, H, W, C) bool align with the caller's images
+    (the summary indexes them through ``image_indices``); ``concepts`` restricts the
+    candidate concepts (indices), e.g. to object concepts. ``members`` overrides the
+    groups (default: the summaries). Returns (purity (S,), best concept index (S,)).
+    """
+    cs = class_summary
+    groups = cs.summaries if members is None else members
+    cm = concept_masks
+    sel = np.arange(cm.shape[-1]) if concepts is None else np.asarray(concepts)
+    cover = np.zeros((len(cs.regions), len(sel)))
+    for r in range(len(cs.regions)):
+        y0, x0, y1, x1 = cs.regions.boxes[r]
+        img = cs.image_indices[cs.regions.image_ids[r]]
+        cover[r] = np.asarray(cm[img, y0:y1, x0:x1][..., sel]).mean((0, 1))
+    shows = cover >= min_cover
+    purity = np.array([shows[g].mean(0).max() if len(g) else np.nan for g in groups])
+    best = np.array([sel[shows[g].mean(0).argmax()] if len(g) else -1 for g in groups])
+    return purity, best
