@@ -1,0 +1,35 @@
+"""Layer x layer comparison on synthetic "models" whose layers carry known concept families."""
+import numpy as np
+
+from repsim_jax.concepts import ice_layer_similarity
+
+
+def test_ice_layer_matrix_follows_planted_depth(tmp_path):
+    rng = np.random.default_rng(0)
+    N, k = 24, 3
+    families = [rng.gamma(0.3, size=(N, 8, 8, k)) for _ in range(4)]   # concepts by depth
+    mix = lambda F, C: np.einsum("nhwk,kc->nhwc", F, rng.gamma(1.0, size=(k, C)))  # noqa: E731
+    # model A: 4 layers at 8x8; model B: 8 layers at 4x4, two per concept family
+    acts_a = {f"a{i}": mix(families[i], 8).astype(np.float32) for i in range(4)}
+    acts_b = {f"b{j}": mix(families[j // 2], 6).reshape(N, 4, 2, 4, 2, 6).mean((2, 4))
+              .astype(np.float32) for j in range(8)}
+    comp, ca, cb = ice_layer_similarity(acts_a, acts_b, k, metric="pearson", max_iter=300)
+    assert comp.matrix.shape == (4, 8) and comp.concept_similarity.shape == (4, 8, k, k)
+    assert set(ca) == set(acts_a) and set(cb) == set(acts_b)
+    idx, rd, rho = comp.best_matches()
+    np.testing.assert_array_equal(idx // 2, np.arange(4))      # the planted family
+    assert rho > 0.95
+    # own family clearly above the others (independent maps, measured 0.38-0.48 vs <= 0.04;
+    # B's maps are 2x2-pooled, which caps their correlation with A's sparse 8x8 maps)
+    same = (np.arange(8)[None, :] // 2) == np.arange(4)[:, None]
+    assert comp.matrix[same].min() > 0.3 and comp.matrix[~same].max() < 0.1
+    hung, _, _ = ice_layer_similarity(acts_a, acts_b, k, metric="pearson", how="hungarian",
+                                      concepts_a=ca, concepts_b=cb)
+    assert np.all(hung.matrix <= comp.matrix + 1e-6)
+    # within one model: the diagonal is maximal
+    within, _, _ = ice_layer_similarity(acts_a, None, k, metric="set_iou", concepts_a=ca)
+    np.testing.assert_array_equal(np.argmax(within.matrix, 1), np.arange(4))
+    np.testing.assert_allclose(np.diag(within.matrix), 1.0, atol=1e-6)
+    comp.plot(tmp_path / "m.png")
+    comp.plot_relative_depth(tmp_path / "d.png")
+    assert (tmp_path / "m.png").stat().st_size > 1000
