@@ -1,0 +1,570 @@
+"""Training ClaDec decoders and reference auto-encoders, many at once, resumably.
+
+ClaDec (Schneider & Vlachos 2022). For a frozen classifier ``Cla`` with layer activation
+``L(x)`` and a decoder ``D_theta`` (:class:`~repsim_jax.cladec.decoder.Decoder`), ClaDec
+minimises over ``theta`` only
+
+.. math::
+
+    \\mathcal{L}_\\alpha(\\theta) = (1 - \\alpha)\\, \\frac{1}{HWC} \\lVert D_\\theta(L(x)) - x
+    \\rVert_2^2 \\; + \\; \\alpha\\, \\mathrm{CE}\\big(\\mathrm{Cla}(D_\\theta(L(x))), y\\big),
+
+averaged over a batch. The classifier's parameters enter as constants (``stop_gradient``,
+batch normalisation in evaluation mode): gradients flow *through* ``Cla`` into ``theta`` but
+``Cla`` never changes. ``alpha = 0`` is a pure decoder of the layer; growing ``alpha`` keeps
+more of what the classifier needs (the MSE is per pixel, so ``alpha`` around ``1e-3`` already
+bites - the official default).
+
+The reference auto-encoder replaces the frozen ``L`` by a *fresh* copy ``E_phi`` of the
+classifier's architecture up to the same layer and trains ``(phi, theta)`` jointly on the MSE
+alone; what ClaDec shows beyond it is what the classifier's layer keeps for classification.
+
+Parallelism: members (one decoder per ``(layer, alpha)``; one encoder+decoder per layer for
+the auto-encoder) whose code shapes agree are stacked along a leading axis and trained as one
+``jax.vmap``: the loss is the sum of the members' losses, whose gradient w.r.t. the stacked
+parameters is each member's own gradient, and Adam (with PyTorch-style L2 weight decay) acts
+elementwise - so a sweep of ``K`` alphas costs one compiled step, not ``K``.
+
+Determinism and resumption: the batch of step ``t`` is slice ``t mod (N // B)`` of the
+permutation drawn from ``fold_in(key, t // (N // B))``, so a run depends only on its step
+count. With ``checkpoint_dir`` the state (parameters, optimiser, loss history) is saved with
+orbax every ``checkpoint_every`` steps; a later call with the same arguments resumes from the
+latest checkpoint and ends with the same parameters as an uninterrupted run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from tqdm.auto import tqdm
+
+from repsim_jax._checks import InputError, as_float_array, check_same_length, unknown_name
+from repsim_jax.cladec.decoder import Decoder, reinitialize
+
+__all__ = ["CladecFit", "AutoencoderFit", "DecoderGroup", "fit_cladec", "fit_reference_ae",
+           "reconstruct", "reconstruct_ae", "train_members", "check_images", "check_alphas",
+           "check_layers", "frozen"]
+
+
+# ----------------------------------------------------------------------------- checks
+
+def check_images(images, name: str = "images", *, low: float = 0.0, high: float = 1.0):
+    """NHWC float images inside the classifier's input range ``[low, high]``."""
+    as_float_array(images, name, ndim=4)
+    lo, hi = float(np.min(images)), float(np.max(images))
+    if lo < low - 1e-6 or hi > high + 1e-6:
+        raise InputError(f"{name}: values must lie in [{low}, {high}] (the classifier's input "
+                         f"range; decoders end in a sigmoid), got min {lo:.4g}, max {hi:.4g}")
+    return images
+
+
+def check_alphas(alphas) -> tuple[float, ...]:
+    """Alphas as a tuple of floats, each in ``[0, 1]``."""
+    a = np.atleast_1d(np.asarray(alphas, dtype=np.float64))
+    if a.ndim != 1 or a.size == 0:
+        raise InputError(f"alphas: expected a number or a 1-D list, got {alphas!r}")
+    bad = a[~((a >= 0) & (a <= 1))]
+    if bad.size:
+        raise InputError(f"alpha must lie in [0, 1] (weight of the classification loss), "
+                         f"got {bad.tolist()}")
+    return tuple(float(x) for x in a)
+
+
+def check_layers(model, layers, image_shape=None) -> tuple[str, ...]:
+    """Layer names (one or several), each a capturable layer of ``model``."""
+    from repsim_jax.models.capture import list_layers
+    layers = (layers,) if isinstance(layers, str) else tuple(layers)
+    if not layers:
+        raise InputError("layers: empty list of layer names")
+    valid = list_layers(model, image_shape)
+    valid += [] if "logits" in valid else ["logits"]
+    for name in layers:
+        if name not in valid:
+            raise unknown_name("layer", name, valid)
+    if len(set(layers)) != len(layers):
+        raise InputError(f"layers: duplicate names in {list(layers)}")
+    return layers
+
+
+def _check_labels(labels, images, num_classes: int | None):
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise InputError(f"labels: expected a 1-D integer array, got shape {labels.shape} "
+                         f"dtype {labels.dtype}")
+    check_same_length("images", images, "labels", labels)
+    if labels.min() < 0 or (num_classes is not None and labels.max() >= num_classes):
+        raise InputError(f"labels: must lie in [0, {num_classes}), got range "
+                         f"[{labels.min()}, {labels.max()}]")
+    return labels.astype(np.int32)
+
+
+# ----------------------------------------------------------------------------- model views
+
+def _with_mode(model: nnx.Module, *, train_bn: bool):
+    """(graphdef, state) of a copy of ``model``; BN in train/eval mode, dropout off."""
+    graphdef, state = nnx.split(model)
+    m = nnx.merge(graphdef, state)
+    m.set_attributes(deterministic=True, use_running_average=not train_bn,
+                     raise_if_not_found=False)
+    return nnx.split(m, nnx.Param, ...)
+
+
+def frozen(model: nnx.Module):
+    """``(graphdef, state)`` of ``model`` in evaluation mode, for use as a frozen constant."""
+    graphdef, params, rest = _with_mode(model, train_bn=False)
+    return graphdef, (params, rest)
+
+
+def _taps(graphdef, params, rest, x, layers):
+    # fresh Variable objects at the current trace level, so that BN may update its statistics
+    m = nnx.merge(graphdef, params, jax.tree.map(lambda a: a, rest))
+    taps: dict = {}
+    logits = m(x, taps=taps)
+    taps.setdefault("logits", logits)
+    _, _, new_rest = nnx.split(m, nnx.Param, ...)
+    return [taps[k] for k in layers], logits, new_rest
+
+
+def _constant(tree):
+    """``tree`` as a constant of differentiation (float leaves behind ``stop_gradient``)."""
+    return jax.tree.map(lambda a: jax.lax.stop_gradient(a)
+                        if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
+
+
+def _logits(graphdef, params, rest, x):
+    return nnx.merge(graphdef, params, rest)(x)
+
+
+# ----------------------------------------------------------------------------- generic trainer
+
+def _stack(trees):
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def _fingerprint(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _batch_index(key, step, n, batch):
+    per_epoch = n // batch
+    perm = jax.random.permutation(jax.random.fold_in(key, step // per_epoch), n)
+    return jax.lax.dynamic_slice(perm, ((step % per_epoch) * batch,), (batch,))
+
+
+def _to_saveable(leaf):
+    if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+        return jax.random.key_data(leaf)
+    return leaf
+
+
+def _from_saved(saved, like):
+    if jnp.issubdtype(like.dtype, jax.dtypes.prng_key):
+        return jax.random.wrap_key_data(jnp.asarray(saved), impl=jax.random.key_impl(like))
+    return jnp.asarray(saved, like.dtype)
+
+
+def train_members(loss_all: Callable, params, aux, consts, data: dict, *, steps: int,
+                  batch_size: int, lr: float = 3e-4, weight_decay: float = 1e-5, seed: int = 0,
+                  member_data: dict | None = None, checkpoint_dir: str | None = None,
+                  checkpoint_every: int = 200, log_every: int = 10, progress: bool = True,
+                  desc: str = "train", fingerprint: Any = None,
+                  callback: Callable[[int, np.ndarray], None] | None = None):
+    """Trains ``K`` stacked members with Adam for ``steps`` steps; returns (params, aux, history).
+
+    ``loss_all(params, aux, consts, batch, member_batch) -> (losses (K,), new_aux)`` computes
+    every member's loss (it vmaps internally); the optimiser minimises ``sum(losses)``.
+    ``data`` leaves have samples on axis 0 (shared by members), ``member_data`` leaves on
+    axis 1 (``(K, N, ...)``, one data set per member). ``history`` is ``(steps // log_every,
+    K)``: the mean loss of each member over each block of ``log_every`` steps.
+    Optimiser: ``add_decayed_weights(weight_decay)`` then ``adam(lr)`` (PyTorch's Adam with
+    ``weight_decay``). ``callback(step, losses)`` runs after each block (raising there
+    interrupts the run; the checkpoint keeps the progress).
+    """
+    member_data = member_data or {}
+    leaves = jax.tree.leaves(data)
+    n = int(leaves[0].shape[0]) if leaves else int(jax.tree.leaves(member_data)[0].shape[1])
+    batch_size = int(min(batch_size, n))
+    if steps < 1:
+        raise InputError(f"steps: must be >= 1, got {steps}")
+    k = int(jax.tree.leaves(params)[0].shape[0])
+    opt = optax.chain(optax.add_decayed_weights(weight_decay), optax.adam(lr))
+    opt_state = opt.init(params)
+    n_logs = -(-steps // log_every)
+    history = jnp.full((n_logs, k), jnp.nan, jnp.float32)
+    key = jax.random.key(seed)
+
+    def one_step(t, carry):
+        params, aux, opt_state, acc = carry
+        idx = _batch_index(key, t, n, batch_size)
+        batch = jax.tree.map(lambda a: a[idx], data)
+        mbatch = jax.tree.map(lambda a: a[:, idx], member_data)
+
+        def total(p):
+            losses, new_aux = loss_all(p, aux, consts, batch, mbatch)
+            return jnp.sum(losses), (losses, new_aux)
+
+        (_, (losses, aux)), grads = jax.value_and_grad(total, has_aux=True)(params)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return params, aux, opt_state, acc + losses
+
+    @jax.jit
+    def run_block(params, aux, opt_state, history, start, stop):
+        acc = jnp.zeros((k,), jnp.float32)
+        params, aux, opt_state, acc = jax.lax.fori_loop(
+            start, stop, one_step, (params, aux, opt_state, acc))
+        history = history.at[start // log_every].set(acc / (stop - start))
+        return params, aux, opt_state, history
+
+    state = {"params": params, "aux": aux, "opt": opt_state, "history": history}
+    start = 0
+    mngr = None
+    if checkpoint_dir is not None:
+        import orbax.checkpoint as ocp
+        path = os.path.abspath(checkpoint_dir)
+        os.makedirs(path, exist_ok=True)
+        meta = {"fingerprint": _fingerprint(fingerprint), "steps_per_log": log_every,
+                "batch_size": batch_size, "n": n, "members": k, "seed": seed, "lr": lr,
+                "weight_decay": weight_decay}
+        meta_path = os.path.join(path, "run.json")
+        if os.path.exists(meta_path):
+            with open(meta_path) as f:
+                old = json.load(f)
+            if old != meta:
+                raise InputError(f"checkpoint_dir {path} holds a different run ({old}); "
+                                 f"use a fresh directory for {meta}")
+        else:
+            with open(meta_path, "w") as f:
+                json.dump(meta, f)
+        mngr = ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(max_to_keep=2))
+        latest = mngr.latest_step()
+        if latest is not None:
+            leaves_, treedef = jax.tree.flatten(state)
+            target = {f"{i:05d}": jax.ShapeDtypeStruct(_to_saveable(l).shape,
+                                                       _to_saveable(l).dtype)
+                      for i, l in enumerate(leaves_)}
+            restored = mngr.restore(latest, args=ocp.args.StandardRestore(target))
+            state = jax.tree.unflatten(treedef, [_from_saved(restored[f"{i:05d}"], l)
+                                                 for i, l in enumerate(leaves_)])
+            start = int(latest)
+
+    def save(step):
+        if mngr is None:
+            return
+        import orbax.checkpoint as ocp
+        leaves_ = jax.tree.leaves(state)
+        mngr.save(step, args=ocp.args.StandardSave({f"{i:05d}": _to_saveable(l)
+                                                     for i, l in enumerate(leaves_)}))
+        mngr.wait_until_finished()
+
+    last_saved = start
+    try:
+        with tqdm(total=steps, initial=min(start, steps), desc=desc,
+                  disable=None if progress else True) as bar:
+            t = start
+            while t < steps:
+                stop = min(t + log_every - (t % log_every), steps)
+                p, a, o, h = run_block(state["params"], state["aux"], state["opt"],
+                                       state["history"], t, stop)
+                state = {"params": p, "aux": a, "opt": o, "history": h}
+                bar.update(stop - t)
+                t = stop
+                row = np.asarray(h[(t - 1) // log_every])
+                bar.set_postfix(loss=f"{float(np.nanmean(row)):.4g}")
+                if t - last_saved >= checkpoint_every or t == steps:
+                    save(t)
+                    last_saved = t
+                if callback is not None:
+                    callback(t, row)
+    finally:
+        if mngr is not None:
+            mngr.close()
+    return state["params"], state["aux"], np.asarray(state["history"])
+
+
+# ----------------------------------------------------------------------------- results
+
+@dataclasses.dataclass
+class DecoderGroup:
+    """Members sharing one code shape, stacked on axis 0: member ``i`` decodes ``layers[i]``
+    (trained with ``alphas[i]``; ``nan`` for an auto-encoder). ``encoder`` (auto-encoders
+    only) is ``(graphdef, (params, rest))`` of the fresh encoders, stacked, in eval mode."""
+    layers: tuple[str, ...]
+    alphas: tuple[float, ...]
+    code_shape: tuple[int, ...]
+    decoder_graphdef: Any
+    decoder_params: Any
+    history: np.ndarray
+    encoder: Any = None
+
+    def index(self, layer: str, alpha: float | None = None) -> int | None:
+        for i, (l, a) in enumerate(zip(self.layers, self.alphas)):
+            if l == layer and (alpha is None or np.isclose(a, alpha)):
+                return i
+        return None
+
+
+@dataclasses.dataclass
+class CladecFit:
+    """ClaDec decoders for every ``(layer, alpha)``; frozen classifier kept for decoding."""
+    groups: list[DecoderGroup]
+    classifier: Any              # (graphdef, (params, rest)) in eval mode
+    image_shape: tuple[int, int, int]
+
+    @property
+    def members(self) -> list[tuple[str, float]]:
+        return [(l, a) for g in self.groups for l, a in zip(g.layers, g.alphas)]
+
+    def find(self, layer: str, alpha: float | None = None):
+        for g in self.groups:
+            i = g.index(layer, alpha)
+            if i is not None:
+                return g, i
+        raise unknown_name("(layer, alpha)", f"{layer}, {alpha}",
+                           [f"{l}, {a}" for l, a in self.members])
+
+
+@dataclasses.dataclass
+class AutoencoderFit:
+    """Reference auto-encoders (fresh encoder up to ``layer`` + decoder), one per layer."""
+    groups: list[DecoderGroup]
+    image_shape: tuple[int, int, int]
+
+    @property
+    def layers(self) -> list[str]:
+        return [l for g in self.groups for l in g.layers]
+
+    def find(self, layer: str):
+        for g in self.groups:
+            i = g.index(layer)
+            if i is not None:
+                return g, i
+        raise unknown_name("layer", layer, self.layers)
+
+
+def _layer_shapes(model, image_shape):
+    from repsim_jax.models.capture import layer_shapes
+    shapes = layer_shapes(model, image_shape)
+    if "logits" not in shapes:
+        graphdef, state = nnx.split(model)
+        out = jax.eval_shape(lambda s, x: nnx.merge(graphdef, s)(x), state,
+                             jax.ShapeDtypeStruct((1, *image_shape), jnp.float32))
+        shapes["logits"] = tuple(out.shape[1:])
+    return shapes
+
+
+def _group_by_shape(layers, shapes):
+    groups: dict[tuple, list[str]] = {}
+    for l in layers:
+        groups.setdefault(tuple(shapes[l]), []).append(l)
+    return list(groups.items())
+
+
+def _init_decoders(code_shape, image_shape, seeds, width):
+    def make(seed):
+        d = Decoder(code_shape, image_shape, width=width, rngs=nnx.Rngs(seed))
+        return nnx.split(d)
+    graphdef, _ = make(0)
+    states = [make(int(s))[1] for s in seeds]
+    return graphdef, _stack(states)
+
+
+def _decode(graphdef, params, code):
+    return nnx.merge(graphdef, params)(code)
+
+
+# ----------------------------------------------------------------------------- ClaDec
+
+def fit_cladec(model: nnx.Module, images, labels, layers: str | Sequence[str],
+               alphas: float | Sequence[float] = 0.001, *, steps: int = 1000,
+               batch_size: int = 64, lr: float = 3e-4, weight_decay: float = 1e-5,
+               width: int = 64, seed: int = 0, checkpoint_dir: str | None = None,
+               checkpoint_every: int = 200, log_every: int = 10, progress: bool = True,
+               callback: Callable | None = None) -> CladecFit:
+    """Trains one ClaDec decoder per ``(layer, alpha)`` for the frozen classifier ``model``.
+
+    ``images``: NHWC in ``[0, 1]`` (the classifier's input range); ``labels``: class indices.
+    All alphas of a layer - and all layers whose activations have the same shape - train as
+    one vmapped step. ``model`` is never modified (its BN runs in evaluation mode).
+    Raises ``KeyError`` for an unknown layer and :class:`InputError` for alphas outside
+    ``[0, 1]``, images outside ``[0, 1]`` or mismatched labels.
+    """
+    check_images(images)
+    image_shape = tuple(int(s) for s in images.shape[1:])
+    layers = check_layers(model, layers, image_shape)
+    alphas = check_alphas(alphas)
+    shapes = _layer_shapes(model, image_shape)
+    cla_graphdef, cla_state = frozen(model)
+    num_classes = int(jax.eval_shape(lambda s, x: _logits(cla_graphdef, *s, x), cla_state,
+                                     jax.ShapeDtypeStruct((1, *image_shape), jnp.float32))
+                      .shape[-1])
+    labels = _check_labels(labels, images, num_classes)
+    data = {"x": jnp.asarray(images, jnp.float32), "y": jnp.asarray(labels)}
+    groups = []
+    for gi, (code_shape, glayers) in enumerate(_group_by_shape(layers, shapes)):
+        members = [(l, a) for l in glayers for a in alphas]
+        layer_idx = jnp.asarray([glayers.index(l) for l, _ in members], jnp.int32)
+        alpha_arr = jnp.asarray([a for _, a in members], jnp.float32)
+        dec_graphdef, dec_params = _init_decoders(code_shape, image_shape,
+                                                  [seed + 1000 * glayers.index(l)
+                                                   for l, _ in members], width)
+
+        def loss_all(params, aux, consts, batch, mbatch, glayers=tuple(glayers),
+                     dec_graphdef=dec_graphdef):
+            cla = _constant(consts["classifier"])
+            codes, _, _ = _taps(cla_graphdef, *cla, batch["x"], glayers)
+            codes = jax.lax.stop_gradient(jnp.stack(codes))
+
+            def member(p, li, alpha):
+                xh = _decode(dec_graphdef, p, codes[li])
+                mse = jnp.mean((xh - batch["x"]) ** 2)
+                logits = _logits(cla_graphdef, *cla, xh)
+                ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
+                    logits, batch["y"]))
+                return (1 - alpha) * mse + alpha * ce
+
+            return jax.vmap(member)(params, consts["layer_idx"], consts["alpha"]), aux
+
+        consts = {"classifier": cla_state, "layer_idx": layer_idx, "alpha": alpha_arr}
+        fp = {"kind": "cladec", "members": members, "code_shape": code_shape,
+              "image_shape": image_shape, "steps": steps, "width": width,
+              "n": int(images.shape[0])}
+        ckpt = None if checkpoint_dir is None else os.path.join(
+            checkpoint_dir, f"cladec_group{gi}_{_fingerprint(fp)}")
+        params, _, history = train_members(
+            loss_all, dec_params, {}, consts, data, steps=steps, batch_size=batch_size, lr=lr,
+            weight_decay=weight_decay, seed=seed, checkpoint_dir=ckpt,
+            checkpoint_every=checkpoint_every, log_every=log_every, progress=progress,
+            desc=f"ClaDec {','.join(glayers)} x {len(alphas)} alpha", fingerprint=fp,
+            callback=callback)
+        groups.append(DecoderGroup(tuple(l for l, _ in members), tuple(a for _, a in members),
+                                   code_shape, dec_graphdef, params, history))
+    return CladecFit(groups, (cla_graphdef, cla_state), image_shape)
+
+
+# ----------------------------------------------------------------------------- reference AE
+
+def fit_reference_ae(model: nnx.Module, images, layers: str | Sequence[str], *,
+                     encoder: nnx.Module | Callable[[int], nnx.Module] | None = None,
+                     steps: int = 1000, batch_size: int = 64, lr: float = 3e-4,
+                     weight_decay: float = 1e-5, width: int = 64, seed: int = 0,
+                     checkpoint_dir: str | None = None, checkpoint_every: int = 200,
+                     log_every: int = 10, progress: bool = True,
+                     callback: Callable | None = None) -> AutoencoderFit:
+    """Reference auto-encoder per layer: fresh encoder up to ``layer`` + decoder, MSE only.
+
+    The encoder is the classifier's architecture freshly initialised: by default
+    :func:`~repsim_jax.cladec.decoder.reinitialize` of ``model``; ``encoder`` may instead be
+    an untrained model of the same architecture or a factory ``seed -> model`` (e.g.
+    ``lambda s: repsim_jax.models.build(name, num_classes=k, rngs=nnx.Rngs(s))``). Its batch
+    normalisation trains with batch statistics. Layers with equal activation shapes train as
+    one vmapped step (one encoder+decoder per layer).
+    """
+    check_images(images)
+    image_shape = tuple(int(s) for s in images.shape[1:])
+    layers = check_layers(model, layers, image_shape)
+    shapes = _layer_shapes(model, image_shape)
+
+    def fresh(s):
+        if encoder is None:
+            return reinitialize(model, s)
+        if isinstance(encoder, nnx.Module):
+            return encoder if s == seed else reinitialize(encoder, s)
+        return encoder(s)
+
+    data = {"x": jnp.asarray(images, jnp.float32)}
+    groups = []
+    for gi, (code_shape, glayers) in enumerate(_group_by_shape(layers, shapes)):
+        seeds = [seed + 1000 * i for i in range(len(glayers))]
+        encs = [_with_mode(fresh(s), train_bn=True) for s in seeds]
+        enc_graphdef = encs[0][0]
+        enc_params = _stack([e[1] for e in encs])
+        enc_rest = _stack([e[2] for e in encs])
+        enc_shapes = _layer_shapes(fresh(seed), image_shape)
+        for l in glayers:
+            if tuple(enc_shapes.get(l, ())) != tuple(code_shape):
+                raise InputError(f"encoder: layer {l!r} has shape {enc_shapes.get(l)} in the "
+                                 f"encoder but {code_shape} in the classifier")
+        dec_graphdef, dec_params = _init_decoders(code_shape, image_shape,
+                                                  [s + 1 for s in seeds], width)
+
+        def loss_all(params, aux, consts, batch, mbatch, glayers=tuple(glayers),
+                     enc_graphdef=enc_graphdef, dec_graphdef=dec_graphdef):
+            def member(p, rest, li):
+                codes, _, new_rest = _taps(enc_graphdef, p["encoder"], rest, batch["x"],
+                                           glayers)
+                code = jnp.stack(codes)[li] if len(glayers) > 1 else codes[0]
+                xh = _decode(dec_graphdef, p["decoder"], code)
+                return jnp.mean((xh - batch["x"]) ** 2), new_rest
+
+            return jax.vmap(member)(params, aux, consts["layer_idx"])
+
+        params0 = {"encoder": enc_params, "decoder": dec_params}
+        consts = {"layer_idx": jnp.arange(len(glayers), dtype=jnp.int32)}
+        fp = {"kind": "ae", "layers": glayers, "code_shape": code_shape,
+              "image_shape": image_shape, "steps": steps, "width": width,
+              "n": int(images.shape[0])}
+        ckpt = None if checkpoint_dir is None else os.path.join(
+            checkpoint_dir, f"ae_group{gi}_{_fingerprint(fp)}")
+        params, rest, history = train_members(
+            loss_all, params0, enc_rest, consts, data, steps=steps, batch_size=batch_size,
+            lr=lr, weight_decay=weight_decay, seed=seed, checkpoint_dir=ckpt,
+            checkpoint_every=checkpoint_every, log_every=log_every, progress=progress,
+            desc=f"reference AE {','.join(glayers)}", fingerprint=fp, callback=callback)
+        # the trained encoders, switched to evaluation mode for decoding
+        eval_graphdef = _with_mode(fresh(seed), train_bn=False)[0]
+        groups.append(DecoderGroup(tuple(glayers), tuple(float("nan") for _ in glayers),
+                                   code_shape, dec_graphdef, params["decoder"], history,
+                                   encoder=(eval_graphdef, (params["encoder"], rest))))
+    return AutoencoderFit(groups, image_shape)
+
+
+# ----------------------------------------------------------------------------- decoding
+
+def _batched(fn, images, batch_size):
+    n = images.shape[0]
+    if batch_size is None or batch_size >= n:
+        return np.asarray(fn(jnp.asarray(images, jnp.float32)))
+    return np.concatenate([np.asarray(fn(jnp.asarray(images[i:i + batch_size], jnp.float32)))
+                           for i in range(0, n, batch_size)])
+
+
+def reconstruct(fit: CladecFit, images, layer: str, alpha: float | None = None, *,
+                batch_size: int | None = 256) -> np.ndarray:
+    """ClaDec reconstructions ``D(L(x))`` of ``images`` for one ``(layer, alpha)``."""
+    check_images(images)
+    group, i = fit.find(layer, alpha)
+    cla_graphdef, cla_state = fit.classifier
+    params = jax.tree.map(lambda a: a[i], group.decoder_params)
+
+    @jax.jit
+    def run(x):
+        codes, _, _ = _taps(cla_graphdef, *cla_state, x, (layer,))
+        return _decode(group.decoder_graphdef, params, codes[0])
+
+    return _batched(run, images, batch_size)
+
+
+def reconstruct_ae(fit: AutoencoderFit, images, layer: str, *,
+                   batch_size: int | None = 256) -> np.ndarray:
+    """Reference auto-encoder reconstructions of ``images`` through ``layer``."""
+    check_images(images)
+    group, i = fit.find(layer)
+    enc_graphdef, (enc_params, enc_rest) = group.encoder
+    take = lambda t: jax.tree.map(lambda a: a[i], t)  # noqa: E731
+    p, r, d = take(enc_params), take(enc_rest), take(group.decoder_params)
+
+    @jax.jit
+    def run(x):
+        codes, _, _ = _taps(enc_graphdef, p, r, x, (layer,))
+        return _decode(group.decoder_graphdef, d, codes[0])
+
+    return _batched(run, images, batch_size)

@@ -1,0 +1,136 @@
+"""ClaDec / reference-AE training: frozen classifier, parallel sweep, resume, bad input."""
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from repsim_jax._checks import InputError
+from repsim_jax.cladec import fit_cladec, fit_reference_ae, reconstruct, reconstruct_ae
+
+N, STEPS = 256, 20
+
+
+def _leaves(tree):
+    return [np.asarray(a) for a in jax.tree.leaves(tree)]
+
+
+@pytest.fixture(scope="module")
+def small(digits, digits_classifier):
+    xtr, ytr, _, _ = digits
+    return digits_classifier, xtr[:N], ytr[:N]
+
+
+def test_classifier_frozen_but_gradients_pass_through(small):
+    model, x, y = small
+    before = _leaves(nnx.state(model))
+    fit = fit_cladec(model, x, y, "fc1", [0.0, 1.0], steps=STEPS, progress=False)
+    # the classifier took no update (params and BN statistics alike)
+    for a, b in zip(before, _leaves(nnx.state(model))):
+        np.testing.assert_array_equal(a, b)
+    kept = nnx.merge(fit.classifier[0], *fit.classifier[1])
+    for a, b in zip(before, _leaves(nnx.state(kept))):
+        np.testing.assert_array_equal(a, b)
+    # both members start from the same decoder; alpha=1 is trained by the CE term alone, which
+    # only reaches the decoder through the classifier: its parameters moved, differently
+    (group,) = fit.groups
+    p0, p1 = (jax.tree.map(lambda a, i=i: np.asarray(a[i]), group.decoder_params) for i in (0, 1))
+    diffs = [np.abs(a - b).max() for a, b in zip(jax.tree.leaves(p0), jax.tree.leaves(p1))]
+    assert max(diffs) > 1e-3
+    # and the CE-only decoder yields images the classifier labels better than its MSE twin
+    acc = [np.mean(np.argmax(np.asarray(model(reconstruct(fit, x, "fc1", a))), 1) == y)
+           for a in (0.0, 1.0)]
+    assert acc[1] > acc[0]
+
+
+def test_alpha_sweep_in_parallel_equals_separate_runs(small):
+    model, x, y = small
+    sweep = fit_cladec(model, x, y, "fc1", [0.0, 0.3, 0.9], steps=STEPS, progress=False)
+    single = fit_cladec(model, x, y, "fc1", 0.3, steps=STEPS, progress=False)
+    g, i = sweep.find("fc1", 0.3)
+    for a, b in zip(jax.tree.leaves(g.decoder_params),
+                    jax.tree.leaves(single.groups[0].decoder_params)):
+        np.testing.assert_allclose(np.asarray(a[i]), np.asarray(b[0]), rtol=1e-4, atol=1e-5)
+    assert sweep.members == [("fc1", 0.0), ("fc1", 0.3), ("fc1", 0.9)]
+
+
+def test_layers_with_equal_shapes_share_one_vmapped_group(small):
+    model, x, y = small
+    fit = fit_cladec(model, x, y, ["features.1", "fc1", "features.0"], [0.0, 0.5],
+                     steps=2, log_every=1, progress=False)
+    by_shape = {g.code_shape: g.layers for g in fit.groups}
+    assert by_shape[(8, 8, 16)] == ("features.1", "features.1")
+    assert by_shape[(16,)] == ("fc1", "fc1")
+    assert by_shape[(16, 16, 8)] == ("features.0", "features.0")
+    assert reconstruct(fit, x[:3], "features.0", 0.5).shape == (3, 16, 16, 1)
+
+
+def test_interrupted_run_resumes_to_same_parameters(small, tmp_path):
+    model, x, y = small
+    kw = dict(steps=STEPS, log_every=5, checkpoint_every=5, progress=False)
+    ref = fit_cladec(model, x, y, "fc1", [0.0, 0.5], **kw)
+
+    class Stop(Exception):
+        pass
+
+    def interrupt(step, losses):
+        if step == 10:
+            raise Stop
+
+    with pytest.raises(Stop):
+        fit_cladec(model, x, y, "fc1", [0.0, 0.5], checkpoint_dir=str(tmp_path),
+                   callback=interrupt, **kw)
+    seen = []
+    resumed = fit_cladec(model, x, y, "fc1", [0.0, 0.5], checkpoint_dir=str(tmp_path),
+                         callback=lambda s, l: seen.append(s), **kw)
+    assert seen == [15, 20]                      # restarted after step 10, not from scratch
+    for a, b in zip(jax.tree.leaves(ref.groups[0].decoder_params),
+                    jax.tree.leaves(resumed.groups[0].decoder_params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(ref.groups[0].history, resumed.groups[0].history, rtol=1e-6)
+    # a different run in the same directory is refused rather than silently mixed
+    with pytest.raises(InputError, match="different run"):
+        from repsim_jax.cladec.train import train_members
+        import os
+        d = next(p for p in tmp_path.iterdir() if p.is_dir())
+        train_members(lambda *a: None, ref.groups[0].decoder_params, {}, {}, {"x": x},
+                      steps=3, batch_size=8, checkpoint_dir=str(d), progress=False)
+
+
+def test_reference_ae_trains_fresh_encoder(small):
+    model, x, y = small
+    before = _leaves(nnx.state(model))
+    ae = fit_reference_ae(model, x, ["fc1"], steps=STEPS, lr=3e-3, progress=False)
+    for a, b in zip(before, _leaves(nnx.state(model))):
+        np.testing.assert_array_equal(a, b)
+    (g,) = ae.groups
+    enc_params = g.encoder[1][0]
+    # the encoder is not the classifier: fresh weights, then trained
+    k_enc = np.asarray(jax.tree.map(lambda a: a[0], enc_params)["fc1"]["kernel"][...])
+    assert not np.allclose(k_enc, np.asarray(model.fc1.kernel[...]), atol=1e-2)
+    h = g.history[:, 0]
+    assert h[-1] < 0.8 * h[0]                    # MSE decreased
+    r = reconstruct_ae(ae, x[:4], "fc1")
+    assert r.shape == (4, 16, 16, 1) and 0 <= r.min() and r.max() <= 1
+
+
+def test_bad_input_errors(small):
+    model, x, y = small
+    with pytest.raises(KeyError, match="unknown layer 'fc3'.*fc1"):
+        fit_cladec(model, x, y, "fc3", 0.1, steps=1, progress=False)
+    with pytest.raises(InputError, match=r"alpha must lie in \[0, 1\]"):
+        fit_cladec(model, x, y, "fc1", [0.1, 1.5], steps=1, progress=False)
+    with pytest.raises(InputError, match=r"alpha must lie in \[0, 1\]"):
+        fit_cladec(model, x, y, "fc1", -0.1, steps=1, progress=False)
+    with pytest.raises(InputError, match=r"images: values must lie in \[0.0, 1.0\]"):
+        fit_cladec(model, x * 255, y, "fc1", 0.1, steps=1, progress=False)
+    with pytest.raises(InputError, match=r"values must lie in \[0.0, 1.0\]"):
+        fit_reference_ae(model, x - 0.5, "fc1", steps=1, progress=False)
+    with pytest.raises(InputError, match="labels"):
+        fit_cladec(model, x, y[:-1], "fc1", 0.1, steps=1, progress=False)
+    with pytest.raises(InputError, match="labels: must lie in"):
+        fit_cladec(model, x, y + 10, "fc1", 0.1, steps=1, progress=False)
+    fit = fit_cladec(model, x[:16], y[:16], "fc1", 0.1, steps=1, progress=False)
+    with pytest.raises(KeyError, match="unknown"):
+        reconstruct(fit, x[:2], "fc1", 0.7)
+    with pytest.raises(InputError, match="values must lie"):
+        reconstruct(fit, x[:2] + 2, "fc1", 0.1)
