@@ -1,0 +1,348 @@
+r"""Matchers: one-to-one matchings of the spatial positions of two representations.
+
+For two representations :math:`X_a, X_b \in \mathbb{R}^{S \times C}` (S positions / tokens,
+C channels) the cost matrix is :math:`M = X_a X_b^\top \in \mathbb{R}^{S \times S}` and a
+matcher returns a permutation :math:`\pi` (``perm[k] = pi(k)``: row k of ``X_a`` is paired
+with row ``perm[k]`` of ``X_b``) that (approximately) solves the linear assignment problem
+
+.. math::  \max_{\pi \in \mathfrak{S}_S} \; \sum_k M_{k, \pi(k)}
+           = \max_P \langle X_a, P X_b \rangle_F .
+
+Matchers (Wald et al., NeurIPS 2024, "Decoupling Semantic Similarity from Spatial
+Alignment for Neural Networks", and this project):
+
+* ``identity``  - :math:`\pi = \mathrm{id}`: the spatio-semantic baseline.
+* ``exact``     - the optimum (Hungarian / Jonker-Volgenant). On the host the fastest
+  available exact solver is used (:func:`host_solver_name`: ``lapx``'s ``lapjvh`` if
+  installed, else scipy's ``linear_sum_assignment``); in-graph (accelerators, ``solver=
+  "hungarian"``) ``optax.assignment.hungarian_algorithm`` vmapped over all pairs of a block.
+* ``greedy``    - repeatedly take the largest remaining entry whose row and column are free.
+  Implemented as rounds of *mutual best* pairs: all free entries that are the maximum of
+  both their row and their column are fixed simultaneously. A mutual best pair is never
+  blocked by a larger entry (such an entry would lie in row r or column c and contradict
+  the mutual maximum), so each round fixes exactly entries that sequential greedy fixes, in
+  a different order: the result equals sequential greedy. ~10 rounds at S=49, ~16 at
+  S=196 on ReLU-Gaussian costs.
+* ``topk_greedy`` - exact matching of the k largest-norm rows of each side, greedy on the
+  remaining S - k of each side. Exact when S <= k.
+* ``window``    - "batch-optimal": sort each side's rows by L2 norm (ascending), cut both
+  orders into consecutive blocks of ``size`` and solve each block pair exactly. Exact when
+  S <= size.
+* ``sinkhorn``  - entropic OT in the log domain with uniform marginals,
+  :math:`P = \exp((f_i + g_j + \hat M_{ij}) / \varepsilon)`, with
+  :math:`\hat M = M / \max|M|` and an epsilon schedule :math:`\varepsilon_0 \to
+  \varepsilon_{end}` (geometric); the final plan is rounded to a permutation greedily
+  (largest plan entries first, i.e. :func:`greedy_matching` on :math:`\log P`).
+
+Every approximate matcher's matched score is <= the exact one; ``repsim_jax.semantic.rsm``
+reports the ratio on request (``return_quality=True``).
+
+Exact sub-problems are separated from the rest: :func:`plan_subproblems` returns, for a
+batch of cost matrices, the square sub-problems that must be solved exactly plus in-graph
+state, and :func:`assemble_permutation` turns their solutions into permutations. Between the
+two, the sub-problems are solved either on the host (:func:`solve_exact_host`, overlapping
+with the device work of the next block) or in-graph (:func:`hungarian_matching`).
+"""
+from __future__ import annotations
+
+import functools
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from repsim_jax._checks import InputError, unknown_name
+
+__all__ = [
+    "MATCHERS", "identity_matching", "greedy_matching", "sinkhorn_matching",
+    "hungarian_matching", "solve_exact_host", "host_solver_name", "exact_matching",
+    "matched_score", "plan_subproblems", "assemble_permutation", "match",
+]
+
+MATCHERS = ("identity", "exact", "greedy", "topk_greedy", "window", "sinkhorn")
+
+
+# ----------------------------------------------------------------------------- in-graph
+def identity_matching(cost):
+    """The spatio-semantic baseline: position k is paired with position k."""
+    return jnp.broadcast_to(jnp.arange(cost.shape[-1]), cost.shape[:-1])
+
+
+def greedy_matching(cost):
+    """Greedy maximum matching of one (S, S) cost matrix, as rounds of mutual best pairs.
+
+    Each round, among free rows/columns, an entry is a candidate when it is the maximum of
+    both its row and its column; per row the first candidate column and per column the first
+    candidate row are taken, and the pairs that agree are fixed. With distinct values these
+    are exactly the mutual best pairs, so the result equals the sequential greedy (module
+    docstring); with ties, the lexicographically first entry of the global maximum always
+    qualifies, so every round fixes at least one pair. Only max/min reductions (no argmax,
+    which XLA:CPU runs several times slower). Jit/vmap-able; returns ``perm`` (S,) int32.
+    """
+    cost = jnp.asarray(cost)
+    s = cost.shape[-1]
+    neg = jnp.array(-jnp.inf, cost.dtype)
+    col_id = jax.lax.broadcasted_iota(jnp.int32, (s, s), 1)
+    row_id = jax.lax.broadcasted_iota(jnp.int32, (s, s), 0)
+
+    def body(state):
+        perm, row_free, col_free = state
+        free = row_free[:, None] & col_free[None, :]
+        masked = jnp.where(free, cost, neg)
+        cand = (free & (masked == masked.max(1, keepdims=True))
+                & (masked == masked.max(0, keepdims=True)))
+        first_col = jnp.min(jnp.where(cand, col_id, s), axis=1)
+        first_row = jnp.min(jnp.where(cand, row_id, s), axis=0)
+        accept = cand & (col_id == first_col[:, None]) & (row_id == first_row[None, :])
+        row_acc, col_acc = accept.any(1), accept.any(0)
+        perm = jnp.where(row_acc, first_col, perm)
+        return perm, row_free & ~row_acc, col_free & ~col_acc
+
+    init = (jnp.zeros(s, jnp.int32), jnp.ones(s, bool), jnp.ones(s, bool))
+    perm, _, _ = jax.lax.while_loop(lambda st: st[1].any(), body, init)
+    return perm
+
+
+def hungarian_matching(cost):
+    """Exact maximum matching of one (S, S) cost matrix in-graph (jit/vmap-able).
+
+    Uses ``optax.assignment.hungarian_algorithm`` (O(S^3), minimises, hence ``-cost``).
+    """
+    from optax import assignment
+    rows, cols = assignment.hungarian_algorithm(-cost)
+    return jnp.zeros(cost.shape[-1], jnp.int32).at[rows].set(cols.astype(jnp.int32))
+
+
+def sinkhorn_matching(cost, *, eps_start: float = 0.3, eps_end: float = 3e-3,
+                      n_stages: int = 8, iters_per_stage: int = 25):
+    r"""Log-domain Sinkhorn with an epsilon schedule, rounded greedily to a permutation.
+
+    Maximises :math:`\langle P, \hat M\rangle + \varepsilon H(P)` over doubly-stochastic
+    :math:`P` (uniform marginals, scaled by S), :math:`\hat M = M / \max|M|`, with
+    :math:`\varepsilon` decreasing geometrically from ``eps_start`` to ``eps_end`` over
+    ``n_stages`` stages (potentials warm-started between stages). Rounding: greedy on
+    :math:`\log P`.
+    """
+    cost = jnp.asarray(cost, jnp.float32)
+    scale = jnp.maximum(jnp.max(jnp.abs(cost)), 1e-30)
+    m = cost / scale
+    s = cost.shape[-1]
+    eps_list = jnp.geomspace(eps_start, eps_end, n_stages).astype(jnp.float32)
+    lse = jax.nn.logsumexp
+
+    def stage(fg, eps):
+        def it(fg, _):
+            f, g = fg
+            f = -eps * lse((m + g[None, :]) / eps, axis=1)
+            g = -eps * lse((m + f[:, None]) / eps, axis=0)
+            return (f, g), None
+        fg, _ = jax.lax.scan(it, fg, None, length=iters_per_stage)
+        return fg, None
+
+    (f, g), _ = jax.lax.scan(stage, (jnp.zeros(s), jnp.zeros(s)), eps_list)
+    return greedy_matching((m + f[:, None] + g[None, :]) / eps_list[-1])
+
+
+def matched_score(cost, perm):
+    """Sum of the matched entries, :math:`\\sum_k M_{k, \\pi(k)}` (batched over leading axes)."""
+    return jnp.take_along_axis(cost, perm[..., None], axis=-1)[..., 0].sum(-1)
+
+
+# ------------------------------------------------------------------------------ host
+def host_solver_name() -> str:
+    """The exact host solver used: ``"lapx.lapjvh"`` when importable, else ``"scipy"``.
+
+    Measured on a 2-core CPU (C=256 ReLU-Gaussian costs, one thread, median per solve):
+    S=49: scipy 0.084 ms, lapjvh 0.037 ms; S=196: scipy 2.0 ms, lapjvh 0.54 ms; S=784: scipy
+    52 ms, lapjvh 13 ms (lap.lapjv 1.1-1.5x, lapjvs 1.2-2x faster than scipy). Both are exact:
+    their optima agreed to 0.0 in float64 on every problem. Set ``REPSIM_LAP=scipy`` to
+    force scipy.
+    """
+    return _host_solver()[0]
+
+
+@functools.lru_cache(maxsize=None)
+def _host_solver():
+    from scipy.optimize import linear_sum_assignment
+
+    def scipy_solve(c):  # maximise
+        return linear_sum_assignment(c, maximize=True)[1]
+
+    if os.environ.get("REPSIM_LAP", "auto") != "scipy":
+        try:
+            import lap  # lapx installs the module `lap`
+            if hasattr(lap, "lapjvh"):
+                def lapjvh_solve(c):
+                    return np.asarray(lap.lapjvh(-c, return_cost=False)[1])
+                return "lapx.lapjvh", lapjvh_solve
+        except ImportError:
+            pass
+    return "scipy", scipy_solve
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _pool(threads: int) -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None or _POOL._max_workers != threads:
+        _POOL = ThreadPoolExecutor(max_workers=threads)
+    return _POOL
+
+
+def solve_exact_host(costs, *, threads: int | None = None) -> np.ndarray:
+    """Exact maximum matchings of a batch of square cost matrices ``(..., m, m)`` on the host.
+
+    Returns ``perm`` of shape ``(..., m)`` (int32). The problems are solved in float64 by
+    :func:`host_solver_name`'s solver, spread over ``threads`` threads (the solvers release
+    the GIL; default: ``os.cpu_count()``, at most 8).
+    """
+    costs = np.asarray(costs, dtype=np.float64)
+    lead, m = costs.shape[:-2], costs.shape[-1]
+    flat = costs.reshape(-1, m, m)
+    _, solve = _host_solver()
+    out = np.empty((flat.shape[0], m), np.int32)
+    if m == 1:
+        out[:] = 0
+        return out.reshape(*lead, m)
+    threads = threads or min(os.cpu_count() or 1, 8)
+    if threads <= 1 or flat.shape[0] < 2 * threads:
+        for b in range(flat.shape[0]):
+            out[b] = solve(flat[b])
+    else:
+        chunks = np.array_split(np.arange(flat.shape[0]), threads)
+
+        def work(idx):
+            for b in idx:
+                out[b] = solve(flat[b])
+        list(_pool(threads).map(work, chunks))
+    return out.reshape(*lead, m)
+
+
+# --------------------------------------------------------------- sub-problem structure
+def _check_matcher(matcher: str, s: int, options: dict) -> dict:
+    if matcher not in MATCHERS:
+        raise unknown_name("matcher", matcher, MATCHERS)
+    allowed = {"topk_greedy": {"k"}, "window": {"size"},
+               "sinkhorn": {"eps_start", "eps_end", "n_stages", "iters_per_stage"}}
+    extra = set(options) - allowed.get(matcher, set())
+    if extra:
+        raise InputError(f"matcher {matcher!r} takes no option(s) {sorted(extra)}; "
+                         f"valid: {sorted(allowed.get(matcher, set()))}")
+    opts = dict(options)
+    if matcher == "topk_greedy":
+        opts.setdefault("k", 64)
+    if matcher == "window":
+        opts.setdefault("size", 128)
+    for key in ("k", "size"):
+        if key in opts and (int(opts[key]) != opts[key] or int(opts[key]) < 1):
+            raise InputError(f"matcher {matcher!r}: option {key} must be a positive integer, "
+                             f"got {opts[key]!r}")
+    return opts
+
+
+def plan_subproblems(matcher: str, cost, norms_a, norms_b, **options):
+    """In-graph part of a matcher for ONE pair: ``(subproblems, aux)``.
+
+    ``subproblems`` is a tuple of square arrays ``(..., m, m)`` to be solved exactly
+    (maximisation); ``aux`` is whatever :func:`assemble_permutation` needs. Jit/vmap-able.
+    """
+    s = cost.shape[-1]
+    if matcher in ("identity", "greedy", "sinkhorn"):
+        if matcher == "greedy":
+            return (), greedy_matching(cost)
+        if matcher == "sinkhorn":
+            return (), sinkhorn_matching(cost, **options)
+        return (), identity_matching(cost)
+    if matcher == "exact":
+        return (cost,), None
+    if matcher == "window":
+        size = int(options["size"])
+        if s <= size:
+            return (cost,), None
+        ia = jnp.argsort(norms_a, stable=True)
+        ib = jnp.argsort(norms_b, stable=True)
+        sorted_cost = cost[ia][:, ib]
+        nfull, tail = divmod(s, size)
+        full = sorted_cost[:nfull * size, :nfull * size].reshape(nfull, size, nfull, size)
+        full = full[jnp.arange(nfull), :, jnp.arange(nfull), :]          # (nfull, size, size)
+        subs = (full,)
+        if tail:
+            subs = subs + (sorted_cost[nfull * size:, nfull * size:],)
+        return subs, (ia, ib)
+    if matcher == "topk_greedy":
+        k = int(options["k"])
+        if s <= k:
+            return (cost,), None
+        ia = jnp.argsort(-norms_a, stable=True)
+        ib = jnp.argsort(-norms_b, stable=True)
+        top = cost[ia[:k]][:, ib[:k]]
+        rest = greedy_matching(cost[ia[k:]][:, ib[k:]])
+        return (top,), (ia, ib, rest)
+    raise unknown_name("matcher", matcher, MATCHERS)
+
+
+def assemble_permutation(matcher: str, s: int, sub_perms, aux, **options):
+    """Permutation (S,) of ONE pair from the exact solutions of its sub-problems."""
+    if matcher in ("identity", "greedy", "sinkhorn"):
+        return aux
+    if aux is None:                       # exact, or window/topk that degraded to exact
+        return sub_perms[0].astype(jnp.int32)
+    if matcher == "window":
+        size = int(options["size"])
+        ia, ib = aux
+        nfull, tail = divmod(s, size)
+        local = sub_perms[0] + (jnp.arange(nfull) * size)[:, None]   # sorted-order columns
+        local = local.reshape(-1)
+        if tail:
+            local = jnp.concatenate([local, sub_perms[1] + nfull * size])
+        return jnp.zeros(s, jnp.int32).at[ia].set(ib[local].astype(jnp.int32))
+    if matcher == "topk_greedy":
+        k = int(options["k"])
+        ia, ib, rest = aux
+        cols = jnp.concatenate([ib[:k][sub_perms[0]], ib[k:][rest]])
+        return jnp.zeros(s, jnp.int32).at[ia].set(cols.astype(jnp.int32))
+    raise unknown_name("matcher", matcher, MATCHERS)
+
+
+def _vmapn(f, n):
+    for _ in range(n):
+        f = jax.vmap(f)
+    return f
+
+
+def match(cost, matcher: str = "exact", *, solver: str = "host", norms_a=None,
+          norms_b=None, **options):
+    """Permutations for a batch of cost matrices ``(..., S, S)`` -> ``(..., S)`` (maximise).
+
+    ``norms_a``/``norms_b`` (``(..., S)``, the L2 norms of the rows of ``X_a`` and ``X_b``)
+    are needed by ``window`` and ``topk_greedy``. ``solver``: ``"host"`` (exact parts on
+    the CPU with :func:`solve_exact_host`) or ``"hungarian"`` (in-graph).
+    """
+    cost = jnp.asarray(cost)
+    if cost.ndim < 2 or cost.shape[-1] != cost.shape[-2]:
+        raise InputError(f"cost: expected square (..., S, S) matrices, got {cost.shape}")
+    s = cost.shape[-1]
+    opts = _check_matcher(matcher, s, options)
+    nb = cost.ndim - 2
+    if norms_a is None:
+        norms_a = jnp.zeros(cost.shape[:-1], cost.dtype)
+    if norms_b is None:
+        norms_b = jnp.zeros(cost.shape[:-1], cost.dtype)
+    plan = _vmapn(functools.partial(plan_subproblems, matcher, **opts), nb)
+    assemble = _vmapn(functools.partial(assemble_permutation, matcher, s, **opts), nb)
+    subs, aux = jax.jit(plan)(cost, norms_a, norms_b)
+    if solver == "host":
+        sub_perms = tuple(jnp.asarray(solve_exact_host(x)) for x in subs)
+    elif solver == "hungarian":
+        sub_perms = tuple(_vmapn(hungarian_matching, x.ndim - 2)(x) for x in subs)
+    else:
+        raise unknown_name("solver", solver, ("host", "hungarian"))
+    return jax.jit(assemble)(sub_perms, aux)
+
+
+def exact_matching(cost, *, solver: str = "host"):
+    """Exact maximum matchings ``(..., S)`` of cost matrices ``(..., S, S)``."""
+    return match(cost, "exact", solver=solver)

@@ -1,0 +1,396 @@
+r"""Semantic (permutation-invariant) representational similarity matrices.
+
+Wald et al., "Decoupling Semantic Similarity from Spatial Alignment for Neural Networks",
+NeurIPS 2024. For N inputs with representations :math:`X_i \in \mathbb{R}^{S \times C}`
+(S = H*W positions or tokens, C channels), the semantic similarity of a pair is
+
+.. math::  s(i, j) = \max_{P \in \mathfrak{S}_S} \langle X_i, P X_j \rangle_F
+                   = \max_\pi \sum_k \langle x_{ik}, x_{j \pi(k)} \rangle ,
+
+a linear assignment problem on the cost matrix :math:`M_{ij} = X_i X_j^\top`. Permutations
+keep norms, so the same :math:`\pi` maximises the cosine and minimises
+:math:`\|X_i - P X_j\|_F`; one matching serves every kernel:
+
+* ``inner``:  :math:`K_{ij} = s(i, j)`
+* ``cosine``: :math:`K_{ij} = s(i, j) / (\|X_i\|_F \|X_j\|_F)` (0 when a norm is 0)
+* ``rbf``:    :math:`K_{ij} = \exp(-d_{ij} / (2\sigma^2))` with
+  :math:`d_{ij} = \|X_i - P^* X_j\|_F^2` and, by default, the official convention
+  :math:`\sigma = \sqrt{\operatorname{lower\,median}\{d_{ij} \neq 0 : i > j\}} + 10^{-3}`
+  (``sigma="lower_median"``; also ``"median"``, ``"mean"`` of the non-zero d, or a number).
+
+The diagonal uses the identity matching (provably optimal: Cauchy-Schwarz); the
+spatio-semantic baseline is ``matcher="identity"`` for every pair.
+
+Engineering: only the pairs i > j are solved (the diagonal is the identity, the lower
+triangle mirrored). The N x N grid is cut into t x t tiles (I >= J) with t chosen so that a
+tile's cost tensor ``(L, t*t, S, S)`` stays below ``max_block_bytes`` (never
+N x N x S x S); a tile's cost matrices are ONE matmul ``(t*S, C) x (C, t*S)`` (a GEMM, no
+per-pair gathers of the inputs), from which its pairs i > j are picked. The exact parts of a
+matcher are solved on the host (:func:`repsim_jax.semantic.matching.solve_exact_host`,
+threads) while the device already computes the next block (JAX's asynchronous dispatch), or
+in-graph (``solver="hungarian"``, the default on accelerators). Blocks are stacks of tiles
+whose stack axis is sharded over all visible devices (``NamedSharding`` on a 1-D
+``("tiles",)`` mesh); layers of equal shape are vmapped in the same call. The matched score
+and distance come from the cost matrix and the squared norms,
+:math:`s = \sum_k M_{k\pi(k)}`, :math:`d = \|X_i\|^2 + \|X_j\|^2 - 2s` (clipped at 0;
+float32 rounding of identical sets, :math:`d \le 10^{-6}(\|X_i\|^2 + \|X_j\|^2)`, is
+set to exactly 0 as the official aligned-vector difference gives).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from repsim_jax._checks import InputError, as_float_array, unknown_name
+from repsim_jax.semantic import matching as _m
+
+__all__ = ["rsm", "KERNELS", "pair_statistics", "kernel_from_statistics"]
+
+KERNELS = ("inner", "cosine", "rbf")
+SIGMA_RULES = ("lower_median", "median", "mean")
+
+
+# ------------------------------------------------------------------------ validation
+def _as_sets(x, name: str, drop_first_token: bool, stacked: bool):
+    lead = 1 if stacked else 0
+    as_float_array(x, name, ndim=(3 + lead, 4 + lead))
+    x = jnp.asarray(x, jnp.float32)
+    if x.ndim == 4 + lead:                                   # (..., N, H, W, C)
+        x = x.reshape(*x.shape[:-3], x.shape[-3] * x.shape[-2], x.shape[-1])
+    if drop_first_token:
+        if x.shape[-2] < 2:
+            raise InputError(f"{name}: drop_first_token needs at least 2 tokens, got "
+                             f"{x.shape[-2]}")
+        x = x[..., 1:, :]
+    if x.shape[-3] < 2:
+        raise InputError(f"{name}: an RSM needs at least 2 inputs, got N={x.shape[-3]}")
+    return x if stacked else x[None]
+
+
+def _mesh(devices) -> Mesh | None:
+    if devices is None:
+        return None
+    if isinstance(devices, Mesh):
+        return devices
+    if devices == "all":
+        devices = jax.devices()
+    devices = list(devices)
+    if len(devices) <= 1:
+        return None
+    return Mesh(np.array(devices), ("tiles",), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+# ------------------------------------------------------------------------ tile work
+# The N x N pair grid is cut into t x t tiles (I, J), I >= J. The cost matrices of a tile
+# are ONE matmul (t*S, C) x (C, t*S) of its row and column inputs; the pairs i > j of the
+# tile are then picked from it (all t*t pairs of an off-diagonal tile, the t(t-1)/2 below
+# its diagonal for a diagonal tile). A block is a stack of G tiles of one kind, vmapped;
+# the stack axis is sharded over the devices.
+def _tile_costs(x, i0, j0, li, lj, t):
+    """Cost matrices (L, B, S, S) and squared row norms (L, B, S) x2 of one tile's pairs."""
+    xi = jax.lax.dynamic_slice_in_dim(x, i0, t, axis=1)           # (L, t, S, C)
+    xj = jax.lax.dynamic_slice_in_dim(x, j0, t, axis=1)
+    L, _, s, c = xi.shape
+    full = jnp.einsum("lsc,ltc->lst", xi.reshape(L, t * s, c), xj.reshape(L, t * s, c),
+                      precision=jax.lax.Precision.HIGHEST).reshape(L, t, s, t, s)
+    cost = full[:, li, :, lj, :]                                   # (B, L, S, S)
+    cost = jnp.moveaxis(cost, 0, 1)
+    sqi, sqj = jnp.sum(xi * xi, -1), jnp.sum(xj * xj, -1)          # (L, t, S)
+    return cost, sqi[:, li], sqj[:, lj]
+
+
+def _plan_tile(x, i0, j0, li, lj, t, matcher, opts, quality):
+    cost, sqa, sqb = _tile_costs(x, i0, j0, li, lj, t)
+    plan = _m._vmapn(functools.partial(_m.plan_subproblems, matcher, **dict(opts)), 2)
+    subs, aux = plan(cost, jnp.sqrt(sqa), jnp.sqrt(sqb))
+    if quality and matcher != "exact":
+        subs = subs + (cost,)
+    return subs, (aux, cost, sqa.sum(-1), sqb.sum(-1))
+
+
+def _pair_stats(cost, sq_a, sq_b, perm):
+    """s = sum_k M[k, pi(k)] and d = ||X_a||^2 + ||X_b||^2 - 2 s (>= 0; float32 rounding of
+    identical sets, d <= 1e-6 (||X_a||^2 + ||X_b||^2), is set to exactly 0)."""
+    sim = _m.matched_score(cost, perm)
+    tot = sq_a + sq_b
+    dist = jnp.maximum(tot - 2.0 * sim, 0.0)
+    return sim, jnp.where(dist <= 1e-6 * tot, 0.0, dist)
+
+
+def _finish_tile(sub_perms, state, s, matcher, opts, quality):
+    aux, cost, sq_a, sq_b = state
+    n_own = len(sub_perms) - (1 if quality and matcher != "exact" else 0)
+    assemble = _m._vmapn(functools.partial(_m.assemble_permutation, matcher, s,
+                                           **dict(opts)), 2)
+    perm = assemble(tuple(sub_perms[:n_own]), aux)
+    sim, dist = _pair_stats(cost, sq_a, sq_b, perm)
+    if not quality:
+        return sim, dist, None
+    if matcher == "exact":
+        return sim, dist, sim
+    return sim, dist, _m.matched_score(cost, sub_perms[-1])
+
+
+_STATIC = ("t", "matcher", "opts", "quality")
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _plan_block(x, i0, j0, li, lj, t, matcher, opts, quality):
+    fn = functools.partial(_plan_tile, t=t, matcher=matcher, opts=opts, quality=quality)
+    return jax.vmap(fn, (None, 0, 0, None, None))(x, i0, j0, li, lj)
+
+
+@functools.partial(jax.jit, static_argnames=("s", "matcher", "opts", "quality"))
+def _finish_block(sub_perms, state, s, matcher, opts, quality):
+    fn = functools.partial(_finish_tile, s=s, matcher=matcher, opts=opts, quality=quality)
+    return jax.vmap(fn)(sub_perms, state)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _ingraph_block(x, i0, j0, li, lj, t, matcher, opts, quality):
+    subs, state = _plan_block(x, i0, j0, li, lj, t, matcher, opts, quality)
+    sub_perms = tuple(_m._vmapn(_m.hungarian_matching, u.ndim - 2)(u) for u in subs)
+    return _finish_block(sub_perms, state, x.shape[-2], matcher, opts, quality)
+
+
+def _tile_size(n, s, L, max_block_bytes, block_pairs):
+    if block_pairs is not None:
+        t = int(np.sqrt(max(int(block_pairs), 1)))
+    else:
+        t = int(np.sqrt(max(int(max_block_bytes), 1) / (4 * L * 3 * s * s)))
+    return int(min(max(t, 1), n))
+
+
+def _blocks(n, t, ndev):
+    """[(kind, li, lj, [(I, J), ...] stacks of size G)] for the tiles I >= J of the grid."""
+    nt = -(-n // t)
+    out = []
+    li_d, lj_d = np.tril_indices(t, -1)
+    li_o, lj_o = (a.ravel() for a in np.meshgrid(np.arange(t), np.arange(t), indexing="ij"))
+    kinds = [("diag", li_d, lj_d, [(I, I) for I in range(nt)])] if t > 1 else []
+    kinds.append(("off", li_o, lj_o, [(I, J) for I in range(nt) for J in range(I)]))
+    for kind, li, lj, tiles in kinds:
+        if not tiles:
+            continue
+        g = ndev
+        for k in range(0, len(tiles), g):
+            stack = tiles[k:k + g]
+            out.append((kind, li, lj, stack + [None] * (g - len(stack))))
+    return out
+
+
+def pair_statistics(x, *, matcher: str = "exact", solver: str = "auto",
+                    return_quality: bool = False, max_block_bytes: int = 1 << 28,
+                    block_pairs: int | None = None, devices="all", progress: bool | None = None,
+                    **options):
+    r"""Matched statistics of every pair i > j of a stack of layers ``x`` (L, N, S, C).
+
+    Returns ``(ii, jj, sim, dist, exact_sim)``: pair indices (P,) (``np.tril_indices(N,
+    -1)``), :math:`s(i,j)` and :math:`d_{ij}` of shape (L, P), and the exact
+    :math:`s(i,j)` (L, P) when ``return_quality`` (else None).
+    """
+    from tqdm.auto import tqdm
+    x = jnp.asarray(x, jnp.float32)
+    L, n, s, c = x.shape
+    opts = tuple(sorted(_m._check_matcher(matcher, s, options).items()))
+    if solver == "auto":
+        solver = "host" if jax.default_backend() == "cpu" else "hungarian"
+    if solver not in ("host", "hungarian"):
+        raise unknown_name("solver", solver, ("host", "hungarian"))
+    mesh = _mesh(devices)
+    t = _tile_size(n, s, L, max_block_bytes, block_pairs)
+    nt = -(-n // t)
+    if mesh is not None and nt * (nt + 1) // 2 < mesh.devices.size:
+        mesh = None                          # fewer tiles than devices: one device is enough
+    ndev = 1 if mesh is None else mesh.devices.size
+    if nt * t > n:                                                  # zero inputs, discarded
+        x = jnp.concatenate([x, jnp.zeros((L, nt * t - n, s, c), x.dtype)], axis=1)
+    if mesh is not None:
+        x = jax.device_put(x, NamedSharding(mesh, P()))
+        put = lambda v: jax.device_put(v, NamedSharding(mesh, P("tiles")))  # noqa: E731
+    else:
+        put = jnp.asarray
+    blocks = []
+    for kind, li, lj, stack in _blocks(n, t, ndev):
+        ij = np.array([tl if tl is not None else stack[0] for tl in stack], np.int32) * t
+        gi = ij[:, :1] + li[None]                                   # (G, B) global rows
+        gj = ij[:, 1:] + lj[None]
+        valid = (gi < n) & np.array([tl is not None for tl in stack])[:, None]
+        blocks.append((put(ij[:, 0]), put(ij[:, 1]), jnp.asarray(li), jnp.asarray(lj),
+                       gi, gj, valid))
+    sim_m = np.zeros((L, n, n), np.float32)
+    dist_m = np.zeros((L, n, n), np.float32)
+    ex_m = np.zeros((L, n, n), np.float32) if return_quality else None
+
+    def store(block, res):
+        _, _, _, _, gi, gj, valid = block
+        for target, val in zip((sim_m, dist_m, ex_m), res):
+            if target is not None:
+                val = np.moveaxis(np.asarray(val), 1, 0)              # (L, G, B)
+                target[:, gi[valid], gj[valid]] = val[:, valid]
+
+    static = dict(t=t, matcher=matcher, opts=opts, quality=return_quality)
+    bar = tqdm(total=len(blocks), desc=f"semantic rsm ({matcher})", leave=False,
+               disable={True: False, False: True, None: None}[progress])
+    ingraph = solver == "hungarian" or (matcher in ("identity", "greedy", "sinkhorn")
+                                        and not return_quality)
+    if ingraph:
+        for blk in blocks:
+            store(blk, _ingraph_block(x, *blk[:4], **static))
+            bar.update()
+    else:
+        pending = _plan_block(x, *blocks[0][:4], **static)
+        for k, blk in enumerate(blocks):
+            nxt = (_plan_block(x, *blocks[k + 1][:4], **static)      # dispatched async
+                   if k + 1 < len(blocks) else None)
+            subs, state = pending
+            sub_perms = tuple(jnp.asarray(_m.solve_exact_host(np.asarray(u))) for u in subs)
+            store(blk, _finish_block(sub_perms, state, s, matcher, opts, return_quality))
+            pending = nxt
+            bar.update()
+    bar.close()
+    ii, jj = np.tril_indices(n, -1)
+    return (ii, jj, sim_m[:, ii, jj], dist_m[:, ii, jj],
+            ex_m[:, ii, jj] if return_quality else None)
+
+
+def _sigma(dist: np.ndarray, rule) -> np.ndarray:
+    """Per-layer sigma from the off-diagonal squared distances (L, P)."""
+    if not isinstance(rule, str):
+        val = float(rule)
+        if not np.isfinite(val) or val <= 0:
+            raise InputError(f"sigma must be positive and finite, got {rule!r}")
+        return np.full(dist.shape[0], val)
+    if rule not in SIGMA_RULES:
+        raise unknown_name("sigma rule", rule, SIGMA_RULES)
+    out = np.empty(dist.shape[0])
+    for layer, d in enumerate(dist):
+        nz = np.sort(d[d != 0].astype(np.float64))
+        if nz.size == 0:
+            med = 0.0
+        elif rule == "lower_median":
+            med = nz[(nz.size - 1) // 2]
+        elif rule == "median":
+            med = np.median(nz)
+        else:
+            med = nz.mean()
+        out[layer] = np.sqrt(med) + 1e-3
+    return out
+
+
+def kernel_from_statistics(kernel: str, n: int, ii, jj, sim, dist, sqnorm, *,
+                           sigma="lower_median") -> np.ndarray:
+    """Assembles (L, N, N) RSMs from matched pair statistics (see the module docstring)."""
+    L = sim.shape[0]
+    sim = sim.astype(np.float64)
+    sqnorm = np.asarray(sqnorm, np.float64)
+    out = np.zeros((L, n, n))
+    if kernel == "inner":
+        off, diag = sim, sqnorm
+    elif kernel == "cosine":
+        nrm = np.sqrt(sqnorm)
+        den = nrm[:, ii] * nrm[:, jj]
+        off = np.where(den > 0, sim / np.where(den > 0, den, 1.0), 0.0)
+        diag = np.where(sqnorm > 0, sqnorm / np.where(sqnorm > 0, nrm * nrm, 1.0), 0.0)
+    elif kernel == "rbf":
+        sig = _sigma(dist, sigma)[:, None]
+        off = np.exp(-dist.astype(np.float64) / (2.0 * sig ** 2))
+        diag = np.ones((L, n))
+    else:
+        raise unknown_name("kernel", kernel, KERNELS)
+    out[:, ii, jj] = off
+    out[:, jj, ii] = off
+    out[:, np.arange(n), np.arange(n)] = diag
+    return out
+
+
+def _rsm_stack(x, kernels, matcher, return_quality, sigma, options):
+    ii, jj, sim, dist, exact = pair_statistics(x, matcher=matcher,
+                                               return_quality=return_quality, **options)
+    n = x.shape[1]
+    sqnorm = np.asarray(jnp.sum(jnp.square(x), axis=(-2, -1)))
+    mats = {k: kernel_from_statistics(k, n, ii, jj, sim, dist, sqnorm, sigma=sigma)
+            for k in kernels}
+    qual = None
+    if return_quality:
+        ratio = np.where(exact != 0, sim / np.where(exact != 0, exact, 1.0), 1.0)
+        qual = np.ones((x.shape[0], n, n))
+        qual[:, ii, jj] = ratio
+        qual[:, jj, ii] = ratio
+    return mats, qual
+
+
+def rsm(reps, *, kernel: str | Sequence[str] = "cosine", matcher: str = "exact",
+        return_quality: bool = False, stacked: bool = False, sigma="lower_median",
+        drop_first_token: bool = False, **options):
+    r"""Semantic RSM(s) of one layer, a stack of equal-shaped layers, or a dict of layers.
+
+    Args:
+      reps: (N, H, W, C) or (N, S, C) for one layer (channels last, position s = h*W + w);
+        with ``stacked=True`` a (L, N, ...) array of L equal-shaped layers; or a dict
+        ``{layer: reps}`` (layers of equal shape are vmapped together).
+      kernel: ``"inner"``, ``"cosine"``, ``"rbf"``, or a sequence of them (one matching
+        serves all; the result is then a dict ``{kernel: rsm}``).
+      matcher: ``"identity"``, ``"exact"``, ``"greedy"``, ``"topk_greedy"`` (option ``k``,
+        default 64), ``"window"`` (option ``size``, default 128) or ``"sinkhorn"`` (options
+        ``eps_start``, ``eps_end``, ``n_stages``, ``iters_per_stage``).
+        See :mod:`repsim_jax.semantic.matching`.
+      return_quality: also return the (N, N) ratio matched score / exact score (1 on the
+        diagonal and for ``exact``; <= 1 otherwise).
+      sigma: rbf bandwidth rule (``"lower_median"`` = official, ``"median"``, ``"mean"``)
+        or a positive number.
+      drop_first_token: drop token 0 (e.g. a transformer's CLS token) from every set.
+      **options: matcher options, and ``solver`` (``"auto"``, ``"host"``, ``"hungarian"``),
+        ``max_block_bytes`` (default 256 MiB), ``block_pairs``, ``devices`` (``"all"``, a
+        list of devices, a 1-D ``("pairs",)`` Mesh, or None), ``progress``.
+
+    Returns:
+      (N, N) float64 array (or (L, N, N) when ``stacked``; a dict per layer for dict input;
+      a dict per kernel for a kernel sequence); with ``return_quality`` a tuple
+      ``(rsm, quality)`` of the same structure.
+    """
+    kernels = (kernel,) if isinstance(kernel, str) else tuple(kernel)
+    if not kernels:
+        raise InputError("kernel: give at least one kernel")
+    for k in kernels:
+        if k not in KERNELS:
+            raise unknown_name("kernel", k, KERNELS)
+    if matcher not in _m.MATCHERS:
+        raise unknown_name("matcher", matcher, _m.MATCHERS)
+
+    def pick(mats):
+        return mats[kernels[0]] if isinstance(kernel, str) else mats
+
+    if isinstance(reps, Mapping):
+        if not reps:
+            raise InputError("reps: the dict of layers is empty")
+        sets = {name: _as_sets(v, f"reps[{name!r}]", drop_first_token, False)
+                for name, v in reps.items()}
+        ns = {name: v.shape[1] for name, v in sets.items()}
+        if len(set(ns.values())) > 1:
+            raise InputError(f"reps: layers disagree on the number of inputs N: {ns}")
+        groups: dict[tuple, list] = {}
+        for name, v in sets.items():
+            groups.setdefault(v.shape, []).append(name)
+        out, qout = {}, {}
+        for names in groups.values():
+            x = jnp.concatenate([sets[nm] for nm in names], axis=0)
+            mats, qual = _rsm_stack(x, kernels, matcher, return_quality, sigma, options)
+            for li, nm in enumerate(names):
+                out[nm] = pick({k: m[li] for k, m in mats.items()})
+                if return_quality:
+                    qout[nm] = qual[li]
+        out = {nm: out[nm] for nm in reps}
+        return (out, {nm: qout[nm] for nm in reps}) if return_quality else out
+
+    x = _as_sets(reps, "reps", drop_first_token, stacked)
+    mats, qual = _rsm_stack(x, kernels, matcher, return_quality, sigma, options)
+    if not stacked:
+        mats = {k: m[0] for k, m in mats.items()}
+        qual = None if qual is None else qual[0]
+    return (pick(mats), qual) if return_quality else pick(mats)

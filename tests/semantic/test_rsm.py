@@ -1,0 +1,177 @@
+"""Semantic RSMs vs the official code's outputs, invariants, sharding, layers and errors."""
+import importlib
+
+import jax
+import numpy as np
+import pytest
+from scipy.optimize import linear_sum_assignment
+
+from repsim_jax._checks import InputError
+from repsim_jax.semantic import rsm
+
+KERNELS = ("inner", "cosine", "rbf")
+
+
+@pytest.fixture(scope="module")
+def ref(shared_dir):
+    return dict(np.load(shared_dir / "reference" / "srsm_public.npz"))
+
+
+def _max_rel(a, b):
+    return np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-12))
+
+
+@pytest.mark.parametrize("case,name,matcher,opts", [
+    ("a", "exact", "exact", {}), ("a", "identity", "identity", {}),
+    ("b", "exact", "exact", {}), ("b", "identity", "identity", {}),
+    ("c", "exact", "exact", {}), ("c", "identity", "identity", {}),
+    ("c", "window128", "window", {"size": 128})])
+def test_matches_official_reference(ref, case, name, matcher, opts):
+    out = rsm(ref[f"reps_{case}"], kernel=KERNELS, matcher=matcher, **opts)
+    for k in KERNELS:
+        expected = ref[f"{case}_{name}_{k}"]
+        assert out[k].shape == expected.shape
+        assert _max_rel(out[k], expected) <= 1e-5, (case, name, k)   # measured <= 2.6e-7
+
+
+def test_reference_with_ingraph_solver(ref):
+    out = rsm(ref["reps_a"][:10], kernel=("inner", "rbf"), matcher="exact", solver="hungarian")
+    host = rsm(ref["reps_a"][:10], kernel=("inner", "rbf"), matcher="exact", solver="host")
+    for k in ("inner", "rbf"):
+        np.testing.assert_allclose(out[k], host[k], rtol=1e-6)
+    assert _max_rel(out["inner"], ref["a_exact_inner"][:10, :10]) <= 1e-5
+
+
+def test_shifted_copies_have_cosine_one_under_exact(ref):
+    k_exact = rsm(ref["reps_b"], matcher="exact")
+    k_id = rsm(ref["reps_b"], matcher="identity")
+    blocks = np.kron(np.eye(8), np.ones((4, 4))).astype(bool)
+    np.testing.assert_allclose(k_exact[blocks], 1.0, atol=1e-6)
+    assert k_id[blocks & ~np.eye(32, dtype=bool)].max() < 0.9
+
+
+def test_inner_equals_brute_force_optimum_and_symmetry():
+    rng = np.random.default_rng(0)
+    x = np.maximum(rng.normal(size=(6, 3, 3, 5)), 0).astype(np.float32)
+    k = rsm(x, kernel="inner", matcher="exact")
+    flat = x.reshape(6, 9, 5).astype(np.float64)
+    for i in range(6):
+        for j in range(6):
+            c = flat[i] @ flat[j].T
+            r, cc = linear_sum_assignment(c, maximize=True)
+            np.testing.assert_allclose(k[i, j], c[r, cc].sum(), rtol=1e-5)
+    np.testing.assert_array_equal(k, k.T)
+
+
+def test_rbf_sigma_rules_and_explicit_sigma():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(7, 4, 3)).astype(np.float32)
+    inner = rsm(x, kernel="inner", matcher="exact").astype(np.float64)
+    sq = np.diag(inner)
+    d = sq[:, None] + sq[None, :] - 2 * inner
+    off = d[np.tril_indices(7, -1)]
+    for rule, med in [("lower_median", np.sort(off)[(off.size - 1) // 2]),
+                      ("median", np.median(off)), ("mean", off.mean())]:
+        sig = np.sqrt(med) + 1e-3
+        np.testing.assert_allclose(rsm(x, kernel="rbf", sigma=rule),
+                                   np.exp(-np.maximum(d, 0) / (2 * sig ** 2)), rtol=2e-4,
+                                   atol=1e-6)
+    np.testing.assert_allclose(rsm(x, kernel="rbf", sigma=2.0),
+                               np.exp(-np.maximum(d, 0) / 8.0), rtol=2e-4, atol=1e-6)
+
+
+def test_sharded_over_8_devices_equals_single_device(monkeypatch):
+    assert len(jax.devices()) == 8
+    rsm_mod = importlib.import_module("repsim_jax.semantic.rsm")
+    seen = []
+    for name in ("_plan_block", "_ingraph_block"):
+        def spy(*a, _f=getattr(rsm_mod, name), **k):
+            seen.append(len(a[1].sharding.device_set))      # tile-row offsets, (G,)
+            return _f(*a, **k)
+        monkeypatch.setattr(rsm_mod, name, spy)
+    rng = np.random.default_rng(2)
+    x = np.maximum(rng.normal(size=(13, 16, 8)), 0).astype(np.float32)
+    for matcher, opts in [("exact", {}), ("greedy", {})]:
+        single = rsm(x, kernel=KERNELS, matcher=matcher, devices=[jax.devices()[0]],
+                     return_quality=True, **opts)
+        sharded = rsm(x, kernel=KERNELS, matcher=matcher, devices="all", block_pairs=16,
+                      return_quality=True, **opts)
+        for k in KERNELS:
+            np.testing.assert_allclose(sharded[0][k], single[0][k], rtol=1e-6)
+        np.testing.assert_allclose(sharded[1], single[1], rtol=1e-6)
+    assert 8 in seen and 1 in seen          # both the sharded and the single-device path ran
+
+
+def test_blocks_do_not_change_the_result():
+    rng = np.random.default_rng(3)
+    x = np.maximum(rng.normal(size=(9, 10, 4)), 0).astype(np.float32)
+    a = rsm(x, kernel="cosine", block_pairs=5, devices=None)
+    b = rsm(x, kernel="cosine", max_block_bytes=1, devices=None)     # one pair per block
+    c = rsm(x, kernel="cosine", devices=None)
+    np.testing.assert_allclose(a, c, rtol=1e-6)
+    np.testing.assert_allclose(b, c, rtol=1e-6)
+
+
+def test_dict_and_stacked_layers_equal_per_layer_calls():
+    rng = np.random.default_rng(4)
+    la = np.maximum(rng.normal(size=(8, 3, 3, 6)), 0).astype(np.float32)
+    lb = np.maximum(rng.normal(size=(8, 3, 3, 6)), 0).astype(np.float32)
+    lc = np.maximum(rng.normal(size=(8, 5, 4)), 0).astype(np.float32)
+    out = rsm({"a": la, "b": lb, "c": lc}, kernel="rbf", matcher="exact")
+    assert list(out) == ["a", "b", "c"]
+    for name, x in [("a", la), ("b", lb), ("c", lc)]:
+        np.testing.assert_allclose(out[name], rsm(x, kernel="rbf"), rtol=1e-6)
+    stacked = rsm(np.stack([la, lb]), kernel="rbf", stacked=True)
+    np.testing.assert_allclose(stacked[0], out["a"], rtol=1e-6)
+    np.testing.assert_allclose(stacked[1], out["b"], rtol=1e-6)
+
+
+def test_return_quality_ratios():
+    rng = np.random.default_rng(5)
+    x = np.maximum(rng.normal(size=(6, 25, 16)), 0).astype(np.float32)
+    exact = rsm(x, kernel="inner", matcher="exact")
+    off = ~np.eye(6, dtype=bool)
+    for matcher, opts in [("greedy", {}), ("window", {"size": 16}), ("topk_greedy", {"k": 8}),
+                          ("sinkhorn", {}), ("identity", {}), ("exact", {})]:
+        k, q = rsm(x, kernel="inner", matcher=matcher, return_quality=True, **opts)
+        np.testing.assert_allclose(q[off], k[off] / exact[off], rtol=1e-5)
+        assert (q <= 1 + 1e-6).all() and (np.diag(q) == 1).all()
+        if matcher == "exact":
+            np.testing.assert_allclose(q, 1.0, rtol=1e-6)
+        if matcher in ("greedy", "sinkhorn"):
+            assert q[off].min() > 0.93
+
+
+def test_drop_first_token():
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(5, 7, 4)).astype(np.float32)
+    np.testing.assert_allclose(rsm(x, drop_first_token=True), rsm(x[:, 1:]), rtol=1e-6)
+
+
+@pytest.mark.parametrize("bad,msg", [
+    (np.zeros((1, 4, 3), np.float32), "at least 2 inputs"),
+    (np.zeros((5, 4), np.float32), "dimensions"),
+    (np.zeros((5, 0, 3), np.float32), "empty"),
+    (np.full((3, 4, 2), np.nan, np.float32), "NaN"),
+    (np.array([[[np.inf, 1.0]]] * 3, np.float32), "NaN/Inf"),
+    (np.zeros((3, 4, 2), bool), "numeric"),
+])
+def test_bad_input_errors(bad, msg):
+    with pytest.raises(InputError, match=msg):
+        rsm(bad)
+
+
+def test_bad_names_and_layer_mismatch():
+    x = np.ones((3, 4, 2), np.float32)
+    with pytest.raises(KeyError, match="unknown kernel 'cosin'.*'cosine'"):
+        rsm(x, kernel="cosin")
+    with pytest.raises(KeyError, match="unknown matcher"):
+        rsm(x, matcher="hungarian")
+    with pytest.raises(InputError, match="number of inputs"):
+        rsm({"a": x, "b": np.ones((4, 4, 2), np.float32)})
+    with pytest.raises(InputError, match="empty"):
+        rsm({})
+    with pytest.raises(InputError, match="sigma"):
+        rsm(x, kernel="rbf", sigma=-1.0)
+    with pytest.raises(KeyError, match="solver"):
+        rsm(x, solver="gpu")
