@@ -1,0 +1,441 @@
+"""One thin adapter per method: a unit's arrays in -> arrays, tables and figure specs out.
+
+Each adapter takes a :class:`~repsim_jax.sweep.plan.Unit` and the
+:class:`~repsim_jax.sweep.run.SweepContext` (data, models, cached activations, device
+mesh, seed) and returns a plain dict::
+
+    {"arrays": {name: ndarray}, "tables": {table: [row dicts]},
+     "figures": [{"kind": "heatmap"|"images"|"hist", "array": name, ...}],
+     "meta": {"summary": "one line for the report", ...}}
+
+which the sweep checkpoints as is. All numerics are the method packages' own public
+functions; adapters only select inputs, call them, and name the outputs. Layers of one
+unit have equal shapes and are handed to the method together (stacked / as a dict) so it
+can ``vmap`` over them; the mesh is passed on where a method accepts one.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable
+
+import numpy as np
+
+from repsim_jax._checks import InputError
+from repsim_jax.sweep.config import SweepError
+
+__all__ = ["ADAPTERS", "REQUIRES", "run_unit", "check_available", "check_data"]
+
+# public functions each adapter calls: module -> names
+REQUIRES: dict[str, dict[str, tuple[str, ...]]] = {
+    "semantic": {"repsim_jax.semantic": ("rsm", "top1_agreement", "retrieval_f1")},
+    "semantic_compare": {"repsim_jax.semantic": ("compare",)},
+    "invert": {"repsim_jax.invert": ("explain",)},
+    "invert_fdr": {"repsim_jax.invert": ("benjamini_hochberg",)},
+    "concepts": {"repsim_jax.concepts.nmf": ("ice_fit",)},
+    "concepts_compare": {"repsim_jax.concepts.similarity": ("pairwise_similarity",
+                                                            "layer_scores", "resize_maps")},
+    "cladec": {"repsim_jax.cladec.train": ("fit_cladec", "fit_reference_ae", "reconstruct",
+                                           "reconstruct_ae")},
+    "summaries": {"repsim_jax.summaries.pipeline": ("visual_summaries",),
+                  "repsim_jax.summaries.regions": ("crop_regions",)},
+}
+# what each method needs from the data
+NEEDS = {"invert": ("concept_labels",), "cladec": ("labels",), "summaries": ("labels",)}
+
+
+def _fn(module: str, name: str) -> Callable:
+    return getattr(importlib.import_module(module), name)
+
+
+def check_available(method: str) -> None:
+    """Raises SweepError when a method's package does not (yet) provide its functions."""
+    missing = []
+    for module, names in REQUIRES.get(method, {}).items():
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as e:
+            missing.append(f"{module} ({e})")
+            continue
+        missing += [f"{module}.{n}" for n in names if not hasattr(mod, n)]
+    if missing:
+        raise SweepError(f"method {method!r} is not available in this installation: "
+                         f"missing {', '.join(missing)}")
+
+
+def check_data(methods, data) -> None:
+    """Clear error when a method needs annotations the data set does not have."""
+    for m in methods:
+        for field in NEEDS.get(m, ()):
+            if getattr(data, field) is None:
+                raise InputError(f"method {m!r} needs {field.replace('_', ' ')}, which the "
+                                 f"data set {data.name!r} does not provide (use "
+                                 f"repsim_shapes, or an .npz with a {field!r} array)")
+
+
+def _spatial(a: np.ndarray) -> np.ndarray:
+    """(N, C) -> (N, 1, 1, C); (N, H, W, C) unchanged."""
+    return a[:, None, None, :] if a.ndim == 2 else a
+
+
+def _depth_labels(ctx, keys) -> list[str]:
+    return [f"{m}:{l}" for m, l in keys]
+
+
+def _best_matches(keys, M, score: str) -> list[dict]:
+    """For every layer of every model and every OTHER model: its most similar layer there,
+    with both relative depths ((i + 1) / L over the model's swept layers, in forward
+    order) - the view in which the seed paper finds concepts at similar relative depth."""
+    by_model: dict[str, list[int]] = {}
+    for i, (m, _) in enumerate(keys):
+        by_model.setdefault(m, []).append(i)
+    depth = {}
+    for m, idx in by_model.items():
+        for r, i in enumerate(idx):
+            depth[i] = (r + 1.0) / len(idx)
+    rows = []
+    for ma, ia in by_model.items():
+        for mb, ib in by_model.items():
+            if ma == mb:
+                continue
+            for i in ia:
+                j = ib[int(np.argmax(M[i, ib]))]
+                rows.append({"model_a": ma, "layer_a": keys[i][1], "depth_a": depth[i],
+                             "model_b": mb, "best_layer_b": keys[j][1], "depth_b": depth[j],
+                             score: float(M[i, j])})
+    return rows
+
+
+# ---------------------------------------------------------------------------- semantic
+def _rsm_devices(ctx):
+    return list(ctx.mesh.devices.flat) if ctx.mesh.devices.size > 1 else None
+
+
+def adapt_semantic(unit, ctx) -> dict[str, Any]:
+    """Semantic RSMs (and the spatio-semantic baseline) of a group of equal-shape layers."""
+    opts = ctx.cfg.method_options("semantic")
+    sem_pkg = importlib.import_module("repsim_jax.semantic")
+    acts = ctx.activations(unit.model, unit.layers)
+    reps = {l: _spatial(acts[l]) for l in unit.layers}
+    kw = {k: v for k, v in opts.items() if k not in ("kernel", "matcher", "compare", "layers")}
+    kw.setdefault("devices", _rsm_devices(ctx))
+    kw.setdefault("progress", False)
+    sem = sem_pkg.rsm(reps, kernel=opts["kernel"], matcher=opts["matcher"], **kw)
+    kw.pop("size", None), kw.pop("k", None)
+    base = sem_pkg.rsm(reps, kernel=opts["kernel"], matcher="identity", **kw)
+    arrays, figures, rows = {}, [], []
+    for l in unit.layers:
+        s, b = np.asarray(sem[l]), np.asarray(base[l])
+        arrays[f"rsm/{l}"] = s
+        arrays[f"rsm_identity/{l}"] = b
+        figures.append({"kind": "heatmap", "array": f"rsm/{l}", "name": f"rsm_{l}",
+                        "title": f"{unit.model} {l}: semantic RSM ({opts['matcher']}, "
+                                 f"{opts['kernel']})", "xlabel": "image", "ylabel": "image"})
+        off = ~np.eye(len(s), dtype=bool)
+        row = {"model": unit.model, "layer": l, "n": int(s.shape[0]),
+               "mean_offdiag_semantic": float(s[off].mean()),
+               "mean_offdiag_identity": float(b[off].mean())}
+        if ctx.data.labels is not None:
+            row["top1_class_semantic"] = float(sem_pkg.top1_agreement(s, ctx.data.labels))
+            row["top1_class_identity"] = float(sem_pkg.top1_agreement(b, ctx.data.labels))
+        if ctx.data.concept_labels is not None:
+            row["retrieval_f1_semantic"] = float(sem_pkg.retrieval_f1(
+                s, ctx.data.concept_labels))
+            row["retrieval_f1_identity"] = float(sem_pkg.retrieval_f1(
+                b, ctx.data.concept_labels))
+        rows.append(row)
+    return {"arrays": arrays, "figures": figures, "tables": {"semantic_layers": rows},
+            "meta": {"summary": f"{len(unit.layers)} layer(s), N={len(ctx.data)}"}}
+
+
+def adapt_semantic_compare(unit, ctx) -> dict[str, Any]:
+    """Layer x layer (and model x model) similarity of all semantic RSMs of the sweep."""
+    opts = ctx.cfg.method_options("semantic")
+    compare = _fn("repsim_jax.semantic", "compare")
+    keys, mats, base = [], [], []
+    for dep in unit.depends:
+        res = ctx.store.load(dep)
+        model = dep.split("__")[1]
+        for name, a in res["arrays"].items():
+            if name.startswith("rsm/"):
+                keys.append((model, name[4:]))
+                mats.append(a)
+                base.append(res["arrays"][f"rsm_identity/{name[4:]}"])
+    R = np.stack(mats)
+    M = np.asarray(compare(R, R, method=opts["compare"]), np.float64)
+    cross = np.asarray(compare(R, np.stack(base), method=opts["compare"]), np.float64)
+    labels = _depth_labels(ctx, keys)
+    rows = [{"model_a": ka[0], "layer_a": ka[1], "model_b": kb[0], "layer_b": kb[1],
+             opts["compare"]: float(M[i, j])}
+            for i, ka in enumerate(keys) for j, kb in enumerate(keys)]
+    rows2 = [{"model": k[0], "layer": k[1], f"{opts['compare']}_semantic_vs_identity":
+              float(cross[i, i])} for i, k in enumerate(keys)]
+    return {"arrays": {"layer_similarity": M, "semantic_vs_identity": np.diag(cross).copy()},
+            "tables": {"semantic_layer_similarity": rows,
+                       "semantic_vs_identity": rows2,
+                       "semantic_best_matches": _best_matches(keys, M, opts["compare"])},
+            "figures": [{"kind": "heatmap", "array": "layer_similarity", "name": "layer_map",
+                         "title": f"layer x layer {opts['compare']} of semantic RSMs",
+                         "xlabels": labels, "ylabels": labels}],
+            "meta": {"labels": labels,
+                     "summary": f"{len(keys)} layers across {len({k[0] for k in keys})} "
+                                f"model(s)"}}
+
+
+# ------------------------------------------------------------------------------ invert
+def adapt_invert(unit, ctx) -> dict[str, Any]:
+    """INVERT labels (best formula, AUC, p-value) for every neuron of a group of layers."""
+    opts = ctx.cfg.method_options("invert")
+    explain = _fn("repsim_jax.invert", "explain")
+    acts = ctx.activations(unit.model, unit.layers)
+    kw = {k: opts[k] for k in ("L", "B", "min_fraction", "max_fraction", "mode",
+                               "limit_search", "reduction", "alternative") if k in opts}
+    out = explain({l: acts[l] for l in unit.layers}, ctx.data.concept_labels,
+                  list(ctx.data.concept_names), devices=list(ctx.mesh.devices.flat), **kw)
+    rows, arrays, figures = [], {}, []
+    for l in unit.layers:
+        res = out[l]
+        auc, logp = [], []
+        for u in range(len(res)):
+            beam = res[u]
+            best = beam.best
+            row = {"model": unit.model, "layer": l, "neuron": u,
+                   "formula": best.formula if best else "",
+                   "auc": best.auc if best else float("nan"),
+                   "concept_fraction": best.concept_fraction if best else float("nan"),
+                   "p_value": beam.p_value, "log_p_value": beam.log_p_value,
+                   "q_value_in_unit": beam.q_value, "constant": bool(beam.constant),
+                   "beam": " ; ".join(f"{e.formula} ({e.auc:.3f})" for e in beam)}
+            rows.append(row)
+            auc.append(row["auc"])
+            logp.append(beam.log_p_value)
+        arrays[f"best_auc/{l}"] = np.asarray(auc, np.float64)
+        arrays[f"log_p_value/{l}"] = np.asarray(logp, np.float64)
+        figures.append({"kind": "hist", "array": f"best_auc/{l}", "name": f"auc_{l}",
+                        "title": f"{unit.model} {l}: AUC of each neuron's best formula",
+                        "xlabel": "AUC"})
+    return {"arrays": arrays, "tables": {"invert_neurons": rows}, "figures": figures,
+            "meta": {"summary": f"{len(rows)} neurons labelled (L={opts['L']}, "
+                                f"B={opts['B']})"}}
+
+
+def adapt_invert_fdr(unit, ctx) -> dict[str, Any]:
+    """Benjamini-Hochberg q-values across every neuron of the sweep (all models, layers)."""
+    bh = _fn("repsim_jax.invert", "benjamini_hochberg")
+    rows = []
+    for dep in unit.depends:
+        rows += ctx.store.load(dep)["tables"]["invert_neurons"]
+    log_p = np.asarray([r["log_p_value"] for r in rows], np.float64)
+    q, log_q = bh(log_p=log_p)
+    out = [{"model": r["model"], "layer": r["layer"], "neuron": r["neuron"],
+            "formula": r["formula"], "auc": r["auc"], "log_p_value": r["log_p_value"],
+            "q_value": float(qi), "log_q_value": float(lq)}
+           for r, qi, lq in zip(rows, np.asarray(q), np.asarray(log_q))]
+    order = np.argsort(np.nan_to_num(np.asarray(log_q, np.float64), nan=np.inf),
+                       kind="stable")
+    out = [out[i] for i in order]
+    n_sig = int(np.sum(np.asarray(q) < 0.05))
+    return {"arrays": {"log_q_value": np.asarray(log_q, np.float64)},
+            "tables": {"invert_sweep_fdr": out}, "figures": [],
+            "meta": {"summary": f"{n_sig} of {len(out)} neurons have q < 0.05 "
+                                f"(Benjamini-Hochberg over the whole sweep)"}}
+
+
+# ---------------------------------------------------------------------------- concepts
+def adapt_concepts(unit, ctx) -> dict[str, Any]:
+    """ICE concepts (NMF of the non-negative activations) of each layer of the group."""
+    opts = ctx.cfg.method_options("concepts")
+    ice_fit = _fn("repsim_jax.concepts.nmf", "ice_fit")
+    resize = _fn("repsim_jax.concepts.similarity", "resize_maps")
+    acts = ctx.activations(unit.model, unit.layers)
+    arrays, rows, figures = {}, [], []
+    r = int(opts["resolution"])
+    n_show = min(4, len(ctx.data))
+    for l in unit.layers:
+        a = np.maximum(_spatial(acts[l]), 0.0)   # ICE factorises non-negative activations
+        k = int(min(opts["k"], a.shape[-1]))
+        ice = ice_fit(a, k, layer=l, max_iter=int(opts["max_iter"]))
+        maps = np.asarray(ice.maps, np.float32)
+        arrays[f"maps/{l}"] = np.asarray(resize(maps, (r, r)), np.float32)
+        arrays[f"components/{l}"] = np.asarray(ice.components, np.float32)
+        # first images' concept maps, one tile per (image, concept), each normalised
+        tiles = maps[:n_show].transpose(0, 3, 1, 2).reshape(n_show * k, *maps.shape[1:3])
+        tiles = tiles / np.maximum(tiles.reshape(len(tiles), -1).max(1), 1e-12)[:, None, None]
+        arrays[f"map_tiles/{l}"] = tiles
+        figures.append({"kind": "images", "array": f"map_tiles/{l}", "name": f"maps_{l}",
+                        "cols": k, "title": f"{unit.model} {l}: ICE concept maps "
+                        f"(rows: images, columns: concepts)"})
+        rows.append({"model": unit.model, "layer": l, "k": k,
+                     "reconstruction_error": float(ice.reconstruction_error),
+                     "relative_error": float(ice.relative_error), "n_iter": int(ice.n_iter)})
+    tables = {"concepts_ice": rows}
+    if opts.get("net2vec", True) and ctx.data.concept_masks is not None:
+        tables["concepts_net2vec"] = _net2vec(unit, ctx, acts, opts, arrays, figures)
+    return {"arrays": arrays, "tables": tables, "figures": figures,
+            "meta": {"summary": f"ICE with k={opts['k']} on {len(unit.layers)} layer(s)"
+                                + (", Net2Vec" if "concepts_net2vec" in tables else "")}}
+
+
+def _net2vec(unit, ctx, acts, opts, arrays, figures) -> list[dict]:
+    """Supervised concept filters (Net2Vec): trained on the first half of the images, set
+    IoU on the second half, every concept x layer of the group at once."""
+    net2vec = _fn("repsim_jax.concepts.net2vec", "net2vec")
+    Net2VecConfig = _fn("repsim_jax.concepts.net2vec", "Net2VecConfig")
+    masks = ctx.data.concept_masks
+    names = list(ctx.data.concept_names)
+    present = masks.reshape(-1, masks.shape[-1]).any(0)
+    n = len(masks) // 2
+    keep = np.flatnonzero(masks[:n].reshape(-1, masks.shape[-1]).any(0)
+                          & masks[n:].reshape(-1, masks.shape[-1]).any(0) & present)
+    cfg = Net2VecConfig(epochs=int(opts.get("net2vec_epochs", 30)), seed=ctx.seed(unit),
+                        progress=False)
+    res = net2vec({l: _spatial(acts[l])[:n] for l in unit.layers}, masks[:n][..., keep],
+                  {l: _spatial(acts[l])[n:] for l in unit.layers}, masks[n:][..., keep],
+                  [names[i] for i in keep], cfg)
+    iou = np.asarray(res.iou, np.float64)
+    arrays["net2vec_iou"] = iou
+    figures.append({"kind": "heatmap", "array": "net2vec_iou", "name": "net2vec",
+                    "title": f"{unit.model}: Net2Vec set IoU (held-out half)",
+                    "xlabels": list(res.concept_names), "ylabels": list(res.layers),
+                    "vmin": 0.0, "vmax": 1.0})
+    return [{"model": unit.model, "layer": l, "concept": c, "set_iou": float(iou[i, j])}
+            for i, l in enumerate(res.layers) for j, c in enumerate(res.concept_names)]
+
+
+def adapt_concepts_compare(unit, ctx) -> dict[str, Any]:
+    """Layer x layer concept similarity (best-match of the k x k concept matrices)."""
+    opts = ctx.cfg.method_options("concepts")
+    pairwise = _fn("repsim_jax.concepts.similarity", "pairwise_similarity")
+    layer_scores = _fn("repsim_jax.concepts.similarity", "layer_scores")
+    keys, maps = [], []
+    for dep in unit.depends:
+        res = ctx.store.load(dep)
+        model = dep.split("__")[1]
+        for name, a in res["arrays"].items():
+            if name.startswith("maps/"):
+                keys.append((model, name[5:]))
+                maps.append(a)
+    kmax = max(m.shape[-1] for m in maps)
+    # layers with fewer channels than k have fewer concepts: pad with empty maps
+    maps = [np.pad(m, [(0, 0)] * 3 + [(0, kmax - m.shape[-1])]) for m in maps]
+    stack = np.stack(maps)
+    S = np.asarray(pairwise(stack, stack, metric=opts["metric"], mesh=ctx.mesh
+                            if ctx.mesh.devices.size > 1 else None), np.float64)
+    how = opts.get("layer_score", "best_match")
+    M = np.asarray(layer_scores(S, how), np.float64)
+    labels = _depth_labels(ctx, keys)
+    rows = [{"model_a": ka[0], "layer_a": ka[1], "model_b": kb[0], "layer_b": kb[1],
+             f"{opts['metric']}_{how}": float(M[i, j])}
+            for i, ka in enumerate(keys) for j, kb in enumerate(keys)]
+    return {"arrays": {"layer_similarity": M, "concept_similarity": S},
+            "tables": {"concepts_layer_similarity": rows,
+                       "concepts_best_matches": _best_matches(keys, M,
+                                                              f"{opts['metric']}_{how}")},
+            "figures": [{"kind": "heatmap", "array": "layer_similarity", "name": "layer_map",
+                         "title": f"layer x layer concept similarity ({opts['metric']}, "
+                                  f"{how})", "xlabels": labels, "ylabels": labels}],
+            "meta": {"labels": labels, "summary": f"{len(keys)} layers"}}
+
+
+# ------------------------------------------------------------------------------ cladec
+def adapt_cladec(unit, ctx) -> dict[str, Any]:
+    """ClaDec decoder and reference auto-encoder of one layer: reconstructions, errors."""
+    opts = ctx.cfg.method_options("cladec")
+    fit_cladec = _fn("repsim_jax.cladec.train", "fit_cladec")
+    fit_ae = _fn("repsim_jax.cladec.train", "fit_reference_ae")
+    reconstruct = _fn("repsim_jax.cladec.train", "reconstruct")
+    reconstruct_ae = _fn("repsim_jax.cladec.train", "reconstruct_ae")
+    model = ctx.models[unit.model]
+    images = ctx.images(unit.model)
+    (layer,) = unit.layers
+    alpha = float(opts["alpha"])
+    seed = ctx.seed(unit)
+    common = dict(steps=int(opts["steps"]), batch_size=min(int(opts["batch_size"]),
+                                                          len(images)),
+                  seed=seed, progress=False)
+    fit = fit_cladec(model, images, ctx.data.labels, [layer], [alpha], **common)
+    ae = fit_ae(model, images, [layer], **common)
+    rec = np.asarray(reconstruct(fit, images, layer, alpha), np.float32)
+    rec_ae = np.asarray(reconstruct_ae(ae, images, layer), np.float32)
+    n_show = min(6, len(images))
+    grid = np.concatenate([images[:n_show], rec[:n_show], rec_ae[:n_show]])
+    per_image = lambda r: ((r - images) ** 2).reshape(len(images), -1).sum(1)  # noqa: E731
+    row = {"model": unit.model, "layer": layer, "alpha": alpha, "steps": int(opts["steps"]),
+           "sse_per_image_cladec": float(per_image(rec).mean()),
+           "sse_per_image_ae": float(per_image(rec_ae).mean())}
+    return {"arrays": {"reconstruction": rec, "reconstruction_ae": rec_ae, "grid": grid},
+            "tables": {"cladec": [row]},
+            "figures": [{"kind": "images", "array": "grid", "name": "grid", "cols": n_show,
+                         "title": f"{unit.model} {layer}: input / ClaDec (alpha={alpha}) / "
+                                  f"reference AE"}],
+            "meta": {"summary": f"SSE/image ClaDec {row['sse_per_image_cladec']:.2f}, "
+                                f"AE {row['sse_per_image_ae']:.2f}"}}
+
+
+# --------------------------------------------------------------------------- summaries
+def adapt_summaries(unit, ctx) -> dict[str, Any]:
+    """Visual summaries per class: perturbation masks, regions, clusters (member strips)."""
+    opts = ctx.cfg.method_options("summaries")
+    visual_summaries = _fn("repsim_jax.summaries.pipeline", "visual_summaries")
+    crop_regions = _fn("repsim_jax.summaries.regions", "crop_regions")
+    model = ctx.models[unit.model]
+    images = ctx.images(unit.model)
+    labels = np.asarray(ctx.data.labels)
+    classes = None if opts["classes"] == "all" else [int(c) for c in opts["classes"]]
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # degenerate classes are reported in the table
+        res = visual_summaries(model, images, labels, classes,
+                               images_per_class=int(opts["max_images"]),
+                               smooth_steps=int(opts["steps_smooth"]),
+                               sharp_steps=int(opts["steps_sharp"]), progress=False)
+    names = list(ctx.data.class_names)
+    arrays: dict[str, np.ndarray] = {"image_indices": np.asarray(res.image_indices)}
+    figures, rows = [], []
+    if res.masks is not None:
+        sel = np.asarray(res.image_indices)
+        sharp = np.asarray(res.masks.sharp, np.float32)
+        arrays["sharp_masks"] = sharp
+        n_show = min(8, len(sel))
+        arrays["mask_tiles"] = np.concatenate([
+            images[sel[:n_show]], np.repeat(sharp[:n_show, ..., None], 3, -1),
+            images[sel[:n_show]] * sharp[:n_show, ..., None]])
+        figures.append({"kind": "images", "array": "mask_tiles", "name": "masks",
+                        "cols": n_show, "title": f"{unit.model}: images / sharp masks "
+                        f"(1 = kept) / kept pixels"})
+    size, max_cols = 24, 6
+    for c, cs in sorted(res.classes.items()):
+        cname = names[c] if c < len(names) else str(c)
+        rows.append({"model": unit.model, "class": int(c), "class_name": cname,
+                     "status": cs.status, "images": int(len(cs.image_indices)),
+                     "regions": int(len(cs.regions)), "clusters": int(len(cs.members)),
+                     "summaries": int(cs.n_summaries)})
+        strips = cs.summaries[:6]
+        if not strips:
+            continue
+        class_images = images[np.asarray(cs.image_indices)]
+        tiles = np.ones((len(strips), max_cols, size, size, images.shape[-1]), np.float32)
+        for r, members in enumerate(strips):
+            crops = np.asarray(crop_regions(class_images,
+                                            cs.regions.take(np.asarray(members)[:max_cols]),
+                                            size))
+            tiles[r, :len(crops)] = crops
+        arrays[f"strips/{c}"] = tiles.reshape(-1, size, size, images.shape[-1])
+        figures.append({"kind": "images", "array": f"strips/{c}", "name": f"class{c}",
+                        "cols": max_cols, "title": f"{unit.model}, class {cname}: "
+                        f"{cs.n_summaries} summaries (rows), member crops"})
+    counts = {r["class_name"]: r["summaries"] for r in rows}
+    return {"arrays": arrays, "tables": {"summaries": rows}, "figures": figures,
+            "meta": {"summary": f"summaries per class: {counts}"}}
+
+
+ADAPTERS: dict[str, Callable] = {
+    "semantic": adapt_semantic, "semantic_compare": adapt_semantic_compare,
+    "invert": adapt_invert, "invert_fdr": adapt_invert_fdr, "concepts": adapt_concepts,
+    "concepts_compare": adapt_concepts_compare, "cladec": adapt_cladec,
+    "summaries": adapt_summaries,
+}
+
+
+def run_unit(unit, ctx) -> dict[str, Any]:
+    """Runs the adapter of ``unit.method``."""
+    return ADAPTERS[unit.method](unit, ctx)

@@ -1,0 +1,310 @@
+"""Configuration of a sweep: what to run (methods x models x layers x data) and how.
+
+A :class:`SweepConfig` is a small frozen dataclass built from command-line flags or a TOML
+file (:func:`load_toml`). Everything that changes the numbers - methods and their options,
+models (and the content of their weight files), layers, data, seed - enters
+:func:`config_hash`; where results go, progress bars and the multi-host set-up do not.
+The hash is written into the output directory's manifest, so a directory that holds
+another configuration's results is refused instead of silently mixed.
+
+TOML example (every key optional; the defaults are the built-in demo)::
+
+    methods = ["semantic", "invert", "concepts", "cladec", "summaries"]
+    layers = "all"              # or ["features.3", "features.7"]
+    seed = 0
+    output = "repsim-out"
+    batch_size = 64
+
+    [data]
+    source = "repsim_shapes"    # or "tfds:cifar10", or a path to an .npz of arrays
+    split = "test"
+    n_images = 64
+
+    [[models]]
+    name = "small_vgg"          # a built-in trained model
+    [[models]]
+    name = "mine"               # a ported model: architecture + weight file
+    arch = "resnet18"
+    weights = "resnet18.pth"
+    num_classes = 1000
+
+    [semantic]                  # options of one method (see METHOD_DEFAULTS)
+    matcher = "exact"
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from repsim_jax._checks import InputError, unknown_name
+
+__all__ = ["METHODS", "METHOD_DEFAULTS", "ModelSpec", "DataSpec", "DistributedSpec",
+           "SweepConfig", "SweepError", "from_dict", "load_toml", "config_hash",
+           "apply_overrides", "demo_config", "DEMO"]
+
+METHODS = ("semantic", "invert", "concepts", "cladec", "summaries")
+
+# Options of every method as the sweep passes them on (see repsim_jax.sweep.adapters).
+# ``layers`` (per method) narrows the sweep's layer list for that method: "all", "last"
+# (the deepest layer), or a list of names.
+METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    "semantic": {"kernel": "cosine", "matcher": "exact", "compare": "linear_cka",
+                 "layers": "all"},
+    "invert": {"L": 2, "B": 3, "min_fraction": 0.0, "max_fraction": 0.5,
+               "reduction": "mean", "layers": "all"},
+    "concepts": {"k": 5, "max_iter": 100, "metric": "cosine", "resolution": 8,
+                 "layer_score": "best_match", "net2vec": True, "net2vec_epochs": 30,
+                 "layers": "all"},
+    "cladec": {"alpha": 0.5, "steps": 150, "batch_size": 32, "layers": "last"},
+    "summaries": {"classes": "all", "max_images": 4, "steps_smooth": 60, "steps_sharp": 30},
+}
+
+
+class SweepError(RuntimeError):
+    """The sweep cannot go on (foreign output directory, full disk, failed unit...)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """A built-in trained model (``name`` only), or ``arch`` + ``weights`` (ported)."""
+    name: str
+    arch: str | None = None
+    weights: str | None = None
+    num_classes: int | None = None
+
+    @property
+    def builtin(self) -> bool:
+        return self.arch is None
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    """``source``: "repsim_shapes", "tfds:<name>", or a path to an .npz/.npy of arrays."""
+    source: str = "repsim_shapes"
+    split: str = "test"
+    n_images: int = 64
+    data_dir: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedSpec:
+    """``jax.distributed.initialize`` arguments; ``enabled=False`` = one process."""
+    enabled: bool = False
+    coordinator_address: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepConfig:
+    methods: tuple[str, ...] = METHODS
+    models: tuple[ModelSpec, ...] = (ModelSpec("small_vgg"), ModelSpec("small_resnet"))
+    layers: tuple[str, ...] | str = "all"
+    data: DataSpec = DataSpec()
+    seed: int = 0
+    output: str = "repsim-out"
+    batch_size: int = 64
+    options: Mapping[str, Mapping[str, Any]] = dataclasses.field(
+        default_factory=lambda: copy.deepcopy(METHOD_DEFAULTS))
+    distributed: DistributedSpec = DistributedSpec()
+
+    def method_options(self, method: str) -> dict[str, Any]:
+        return dict(self.options.get(method, {}))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "methods": list(self.methods),
+            "models": [{k: v for k, v in dataclasses.asdict(m).items() if v is not None}
+                       for m in self.models],
+            "layers": self.layers if isinstance(self.layers, str) else list(self.layers),
+            "data": {k: v for k, v in dataclasses.asdict(self.data).items() if v is not None},
+            "seed": self.seed, "output": self.output, "batch_size": self.batch_size,
+            "options": {m: dict(o) for m, o in self.options.items()},
+            "distributed": dataclasses.asdict(self.distributed),
+        }
+
+
+def _as_tuple_of_str(value, what: str) -> tuple[str, ...] | str:
+    if isinstance(value, str):
+        if value in ("all", "last"):
+            return value
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, (list, tuple)) or not value:
+        raise InputError(f"{what}: expected 'all' or a non-empty list of names, got {value!r}")
+    return tuple(str(v) for v in value)
+
+
+def _model_spec(entry) -> ModelSpec:
+    if isinstance(entry, str):
+        return ModelSpec(entry)
+    if not isinstance(entry, Mapping):
+        raise InputError(f"models: expected a name or a table, got {entry!r}")
+    unknown = set(entry) - {"name", "arch", "weights", "num_classes"}
+    if unknown:
+        raise InputError(f"models: unknown key(s) {sorted(unknown)} in {dict(entry)}")
+    arch = entry.get("arch")
+    name = entry.get("name") or (Path(entry["weights"]).stem if entry.get("weights") else arch)
+    if not name:
+        raise InputError(f"models: entry {dict(entry)} needs a 'name' or an 'arch'")
+    nc = entry.get("num_classes")
+    return ModelSpec(str(name), arch, entry.get("weights"), None if nc is None else int(nc))
+
+
+def from_dict(d: Mapping[str, Any]) -> SweepConfig:
+    """A :class:`SweepConfig` from a (TOML-shaped) dict; unknown keys are errors."""
+    d = dict(d)
+    top = {"methods", "models", "layers", "data", "seed", "output", "batch_size",
+           "distributed", "options", *METHODS}
+    unknown = set(d) - top
+    if unknown:
+        raise unknown_name("configuration key", sorted(unknown)[0], sorted(top))
+    methods = d.get("methods", list(METHODS))
+    if isinstance(methods, str):
+        methods = [m.strip() for m in methods.split(",") if m.strip()]
+    if methods == ["all"]:
+        methods = list(METHODS)
+    for m in methods:
+        if m not in METHODS:
+            raise unknown_name("method", m, METHODS)
+    if not methods:
+        raise InputError("methods: empty list")
+    methods = tuple(m for m in METHODS if m in methods)  # canonical order
+    models = d.get("models", ["small_vgg", "small_resnet"])
+    if isinstance(models, (str, Mapping)):
+        models = [models] if not isinstance(models, str) else \
+            [m.strip() for m in models.split(",") if m.strip()]
+    specs = tuple(_model_spec(m) for m in models)
+    if not specs:
+        raise InputError("models: empty list")
+    names = [m.name for m in specs]
+    if len(set(names)) != len(names):
+        raise InputError(f"models: duplicate model names {names}")
+    data = d.get("data", {})
+    if isinstance(data, str):
+        data = {"source": data}
+    bad = set(data) - {f.name for f in dataclasses.fields(DataSpec)}
+    if bad:
+        raise InputError(f"data: unknown key(s) {sorted(bad)}")
+    data = DataSpec(**data)
+    if data.n_images < 2:
+        raise InputError(f"data.n_images: need at least 2 images, got {data.n_images}")
+    options = copy.deepcopy(METHOD_DEFAULTS)
+    given = dict(d.get("options", {}))
+    for m in METHODS:
+        if m in d:
+            given[m] = {**given.get(m, {}), **d[m]}
+    for m, opts in given.items():
+        if m not in METHODS:
+            raise unknown_name("method", m, METHODS)
+        options[m].update(dict(opts))
+    dist = d.get("distributed", {})
+    dist = DistributedSpec(**dist) if isinstance(dist, Mapping) else dist
+    return SweepConfig(methods=methods, models=specs,
+                       layers=_as_tuple_of_str(d.get("layers", "all"), "layers"),
+                       data=data, seed=int(d.get("seed", 0)),
+                       output=str(d.get("output", "repsim-out")),
+                       batch_size=int(d.get("batch_size", 64)), options=options,
+                       distributed=dist)
+
+
+def _tomllib():
+    try:
+        import tomllib          # Python >= 3.11
+    except ImportError:         # pragma: no cover - Python 3.10 needs the `tomli` backport
+        import tomli as tomllib
+    return tomllib
+
+
+def load_toml(path) -> dict[str, Any]:
+    """The dict of a TOML configuration file (clear error for a missing/bad file)."""
+    tomllib = _tomllib()
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"configuration file {str(path)!r} does not exist")
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(f"configuration file {str(path)!r} is not valid TOML: {e}") from None
+
+
+def _parse_value(text: str):
+    tomllib = _tomllib()
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(d: dict[str, Any], assignments) -> dict[str, Any]:
+    """Applies ``section.key=value`` strings (value parsed as a TOML literal) to ``d``."""
+    d = copy.deepcopy(d)
+    for a in assignments or ():
+        if "=" not in a:
+            raise InputError(f"--set {a!r}: expected section.key=value")
+        key, value = a.split("=", 1)
+        parts = key.strip().split(".")
+        node = d
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise InputError(f"--set {a!r}: {p!r} is not a section")
+        node[parts[-1]] = _parse_value(value.strip())
+    return d
+
+
+def _file_digest(path: str) -> str:
+    p = Path(path)
+    if not p.is_file():
+        return "missing"
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def config_hash(cfg: SweepConfig) -> str:
+    """sha256 of everything that determines the numbers (not output/progress/hosts).
+
+    Weight files and array files enter by content, so replacing a weight file under the
+    same name is detected as another configuration.
+    """
+    d = cfg.to_dict()
+    d.pop("output")
+    d.pop("distributed")
+    for m in d["models"]:
+        if "weights" in m:
+            m["weights_sha256"] = _file_digest(m["weights"])
+            m["weights"] = os.path.basename(m["weights"])
+    src = d["data"]["source"]
+    if src.endswith((".npz", ".npy")):
+        d["data"]["sha256"] = _file_digest(src)
+        d["data"]["source"] = os.path.basename(src)
+    d["options"] = {m: o for m, o in d["options"].items() if m in d["methods"]}
+    text = json.dumps(d, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# The demo: every method on both built-in models (stage outputs of each) and 64 images of
+# the built-in concept data.
+DEMO: dict[str, Any] = {
+    "layers": ["features.7", "features.11", "features.15", "globalpool", "layer2", "layer3"],
+    "data": {"source": "repsim_shapes", "split": "test", "n_images": 64},
+    "models": ["small_vgg", "small_resnet"],
+    # ClaDec trains two networks per layer: the demo decodes one layer (small_vgg's
+    # deepest conv stage); a sweep config can ask for any layers of any models
+    "cladec": {"layers": ["features.15"], "steps": 100},
+    "summaries": {"max_images": 3},
+    "output": "repsim-out/demo",
+}
+
+
+def demo_config(output: str = "repsim-out/demo", **overrides) -> SweepConfig:
+    """The built-in demo: every method on both built-in models and the built-in data."""
+    return from_dict({**copy.deepcopy(DEMO), "output": output, **overrides})

@@ -1,0 +1,294 @@
+"""Executing a sweep: devices, chunked activations, checkpointed units, resume, hosts.
+
+:func:`run_sweep` plans the units (:mod:`repsim_jax.sweep.plan`), skips those already
+checkpointed in the output directory, executes the others through the method adapters
+(:mod:`repsim_jax.sweep.adapters`), checkpoints each one as soon as it finishes
+(:mod:`repsim_jax.sweep.store`, orbax) and finally writes the report
+(:mod:`repsim_jax.sweep.report`).
+
+Devices and memory
+    Activations are computed in chunks of ``batch_size`` images (rounded to a multiple of
+    the local device count), each chunk sharded over a 1-D ``("data",)`` mesh of the
+    process's local devices with ``NamedSharding``; the mesh is handed to every adapter,
+    which passes it on to the method (pairs, neurons, concepts and images are sharded
+    there). Layers of equal shape arrive as one group, stacked, so the methods ``vmap``
+    over them.
+
+Resume and determinism
+    A unit's numbers depend only on its inputs and on ``unit_seed(seed, key)``, never on
+    the order in which units run or on what ran before; aggregate units always read their
+    inputs back from the checkpoints. Hence a run that was killed and restarted with the
+    same command ends with exactly the numbers of an uninterrupted run, and identical
+    configuration + seed give identical numbers.
+
+Several hosts (``jax.distributed``)
+    Start the same command on every host with the same configuration and an output
+    directory on a file system all hosts share, plus either ``--distributed`` (cluster
+    auto-detection: Cloud TPU, SLURM, Open MPI) or ``--coordinator HOST:PORT
+    --num-processes P --process-id I`` (or the environment variables
+    ``REPSIM_COORDINATOR``, ``REPSIM_NUM_PROCESSES``, ``REPSIM_PROCESS_ID``).
+    :func:`maybe_initialize_distributed` calls ``jax.distributed.initialize`` with them.
+    Every process plans the same units; :func:`repsim_jax.sweep.plan.partition` gives
+    process ``jax.process_index()`` its share (balanced by estimated cost), which it
+    computes on its local devices and checkpoints itself. After a barrier the aggregate
+    units are shared out the same way; after a second barrier process 0 writes the
+    report. A killed multi-host run resumes like a single-host one.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from repsim_jax._checks import InputError, unknown_name
+from repsim_jax.sweep import plan as plan_mod
+from repsim_jax.sweep.config import SweepConfig, SweepError, config_hash
+from repsim_jax.sweep.inputs import SweepData, images_for, load_data, load_model
+from repsim_jax.sweep.store import Store, atomic_write_text
+
+__all__ = ["run_sweep", "SweepContext", "maybe_initialize_distributed", "local_mesh",
+           "model_layers"]
+
+
+def maybe_initialize_distributed(spec) -> bool:
+    """Calls ``jax.distributed.initialize`` when configured (flags or environment)."""
+    import jax
+    env = os.environ
+    coord = spec.coordinator_address or env.get("REPSIM_COORDINATOR")
+    nproc = spec.num_processes or (int(env["REPSIM_NUM_PROCESSES"])
+                                   if env.get("REPSIM_NUM_PROCESSES") else None)
+    pid = spec.process_id if spec.process_id is not None else (
+        int(env["REPSIM_PROCESS_ID"]) if env.get("REPSIM_PROCESS_ID") else None)
+    if not (spec.enabled or coord):
+        return False
+    if jax.distributed.is_initialized():
+        return True
+    jax.distributed.initialize(coordinator_address=coord, num_processes=nproc,
+                               process_id=pid)
+    return True
+
+
+def local_mesh():
+    """A 1-D ``("data",)`` mesh over this process's devices (Auto axis type)."""
+    import jax
+    devices = np.array(jax.local_devices())
+    try:
+        return jax.sharding.Mesh(devices, ("data",),
+                                 axis_types=(jax.sharding.AxisType.Auto,))
+    except (TypeError, AttributeError):
+        return jax.sharding.Mesh(devices, ("data",))
+
+
+def _process_info() -> tuple[int, int]:
+    """(process index, process count) of this run (one place, so tests can fake hosts)."""
+    import jax
+    return jax.process_index(), jax.process_count()
+
+
+def _barrier(name: str) -> None:
+    import jax
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
+
+
+def model_layers(model) -> dict[str, tuple]:
+    """Per-image shapes of the capturable layers of ``model``, in forward order.
+
+    (The order is recorded while tracing: pytree outputs come back with sorted keys.)
+    """
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+    graphdef, state = nnx.split(model)
+    order: list[str] = []
+
+    def run(state, x):
+        taps: dict = {}
+        nnx.merge(graphdef, state)(x, taps=taps)
+        order.extend(taps)
+        return taps
+
+    out = jax.eval_shape(run, state, jax.ShapeDtypeStruct((1, *model.input_shape),
+                                                          jnp.float32))
+    return {k: tuple(out[k].shape[1:]) for k in order}
+
+
+@dataclasses.dataclass
+class SweepContext:
+    """What an adapter gets besides its unit: data, models, activations, mesh, store."""
+    cfg: SweepConfig
+    data: SweepData
+    models: dict[str, Any]
+    shapes: dict[str, dict[str, tuple]]
+    mesh: Any
+    store: Store
+    _cache: collections.OrderedDict = dataclasses.field(
+        default_factory=collections.OrderedDict)
+    _images: dict = dataclasses.field(default_factory=dict)
+
+    def images(self, model: str) -> np.ndarray:
+        """The sweep's images adapted to ``model``'s input shape (cached)."""
+        if model not in self._images:
+            self._images = {model: images_for(self.models[model], self.data.images)}
+        return self._images[model]
+
+    def activations(self, model: str, layers: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """Activations of ``layers`` (one chunked, data-sharded pass), as host arrays.
+
+        Cached by the exact (model, layers) request, so a unit always gets the numbers of
+        the same computation whether or not other units ran before it.
+        """
+        key = (model, tuple(layers))
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        import jax
+        from jax.sharding import NamedSharding, PartitionSpec as P
+
+        from repsim_jax.models import activations
+        ndev = self.mesh.devices.size
+        bs = max(ndev, (self.cfg.batch_size // ndev) * ndev)
+        images = self.images(model)
+        n = len(images)
+        # chunks of a multiple of the device count are sharded over "data"; a single
+        # chunk that does not divide evenly runs unsharded
+        sharding = (NamedSharding(self.mesh, P("data"))
+                    if ndev > 1 and (bs < n or n % ndev == 0) else None)
+        out = activations(self.models[model], images, list(layers), batch_size=bs,
+                          sharding=sharding)
+        out = {k: np.asarray(jax.device_get(v)) for k, v in out.items()}
+        self._cache[key] = out
+        while len(self._cache) > 4:
+            self._cache.popitem(last=False)
+        return out
+
+    def seed(self, unit) -> int:
+        return plan_mod.unit_seed(self.cfg.seed, unit.key)
+
+
+def _layers_by_model(cfg: SweepConfig, shapes: dict[str, dict[str, tuple]]):
+    out = {}
+    if isinstance(cfg.layers, str):
+        for m, s in shapes.items():
+            out[m] = plan_mod.select_layers(cfg.layers, list(s))
+        return out
+    every = sorted({n for s in shapes.values() for n in s})
+    for name in cfg.layers:
+        if not any(name in s for s in shapes.values()):
+            raise unknown_name("layer", name, every if len(shapes) > 1 else
+                               list(next(iter(shapes.values()))))
+    for m, s in shapes.items():
+        out[m] = [n for n in s if n in cfg.layers]
+    return out
+
+
+def _device_info() -> dict[str, Any]:
+    import jax
+    pi, pc = _process_info()
+    return {"backend": jax.default_backend(), "process_index": pi, "process_count": pc,
+            "local_devices": [str(d) for d in jax.local_devices()],
+            "device_count": jax.device_count(), "host": platform.node(),
+            "python": sys.version.split()[0], "jax": jax.__version__}
+
+
+def run_sweep(cfg: SweepConfig, *, progress: bool | None = None,
+              echo: Callable[[str], None] | None = print,
+              write_report: bool = True) -> Path:
+    """Runs (or resumes) the sweep ``cfg``; returns the path of ``report.html``.
+
+    Raises :class:`InputError`/``KeyError`` for bad input (unknown model, layer, data) and
+    :class:`SweepError` for a foreign output directory, a full disk or a failed unit.
+    """
+    from tqdm.auto import tqdm
+
+    from repsim_jax.sweep import adapters
+    import jax
+    say = echo or (lambda s: None)
+    t_start = time.time()
+    maybe_initialize_distributed(cfg.distributed)
+    pi, pc = _process_info()
+    chash = config_hash(cfg)
+    store = Store(cfg.output, chash, cfg.to_dict())
+    # a foreign directory fails before any work (other processes check after process 0
+    # has written the manifest, below)
+    resumed = store.check_manifest() if pi == 0 else False
+
+    # every input is loaded and validated before anything is written
+    data = load_data(cfg.data)
+    adapters.check_data(cfg.methods, data)
+    models, shapes = {}, {}
+    for spec in cfg.models:
+        models[spec.name] = load_model(spec, seed=cfg.seed)
+        shapes[spec.name] = model_layers(models[spec.name])
+    layers = _layers_by_model(cfg, shapes)
+    units = plan_mod.plan_units(
+        cfg.methods, layers, shapes,
+        {m: cfg.method_options(m).get("layers", "all") for m in cfg.methods})
+    for method in sorted({u.method for u in units}):
+        adapters.check_available(method)
+
+    if pi == 0:
+        if not resumed:
+            store.write_manifest()
+        removed = store.clean_partial()
+        if removed:
+            say(f"discarded {len(removed)} unfinished unit(s) of an interrupted run")
+    _barrier("repsim-manifest")
+    if pi != 0:
+        resumed = store.check_manifest()
+    say(f"repsim sweep {chash} -> {store.root} ({'resuming' if resumed else 'new'}; "
+        f"{len(units)} units; process {pi}/{pc}, {len(jax.local_devices())} local "
+        f"{jax.default_backend()} device(s))")
+    ctx = SweepContext(cfg, data, models, shapes, local_mesh(), store)
+    devices = _device_info()
+    show = progress if progress is not None else sys.stderr.isatty()
+    stats = {"ran": 0, "resumed": 0}
+    for phase in (1, 2):
+        mine = plan_mod.partition([u for u in units if u.phase == phase], pi, pc)
+        bar = tqdm(mine, desc=f"sweep phase {phase}", unit="unit", disable=not show)
+        for unit in bar:
+            bar.set_postfix_str(unit.key[:60])
+            if store.is_done(unit.key):
+                stats["resumed"] += 1
+                store.append_log({"unit": unit.key, "status": "resumed", "process": pi})
+                continue
+            t0 = time.time()
+            try:
+                result = adapters.run_unit(unit, ctx)
+            except (InputError, KeyError, SweepError):
+                raise
+            except Exception as e:  # noqa: BLE001 - name the unit that failed
+                raise SweepError(f"unit {unit.key} failed: {type(e).__name__}: {e}") from e
+            seconds = time.time() - t0
+            store.save(unit.key, result, {"seconds": seconds, "process": pi,
+                                          "devices": devices["local_devices"]})
+            stats["ran"] += 1
+            store.append_log({"unit": unit.key, "status": "ran", "seconds": round(seconds, 3),
+                              "process": pi, "devices": devices["local_devices"],
+                              "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+            if not show:
+                say(f"  {unit.key}: {seconds:.1f} s")
+        _barrier(f"repsim-phase-{phase}")
+    report_path = store.root / "report.html"
+    if pi == 0 and write_report:
+        from repsim_jax.sweep import report
+        run_info = {"config_hash": chash, "devices": devices, "units": len(units),
+                    "ran": stats["ran"], "resumed": stats["resumed"],
+                    "seconds": round(time.time() - t_start, 2)}
+        report_path = report.write_report(store, cfg, units, run_info)
+        atomic_write_text(store.root / "run_log.json", json.dumps(
+            {**run_info, "unit_seconds": {u.key: store.unit_info(u.key).get("seconds")
+                                          for u in units}}, indent=2))
+    _barrier("repsim-report")
+    say(f"{stats['ran']} unit(s) computed, {stats['resumed']} resumed, "
+        f"{time.time() - t_start:.1f} s")
+    return report_path
