@@ -178,7 +178,7 @@ def visual_summaries(classifier, images, labels, classes: Sequence[int] | None =
                      images_per_class: int = 10, features: str | Callable | None = None,
                      smooth_steps: int | None = None, sharp_steps: int | None = None,
                      batch_size: int | None = 64, progress: bool = True,
-                     **stage2) -> SummaryResult:
+                     baseline: str = "blur", **stage2) -> SummaryResult:
     """Visual summaries of ``classes`` (default: all labels present) for ``classifier``.
 
     ``classifier``: nnx model (capture convention) or ``logits_fn(images)``; ``images``
@@ -186,7 +186,8 @@ def visual_summaries(classifier, images, labels, classes: Sequence[int] | None =
     Per class the first ``images_per_class`` correctly classified images are used; masks
     for all of them are optimised in one vmapped run. ``features``: None (HOG), a layer
     name of an nnx ``classifier`` (its activations pooled over regions), or a function
-    ``images -> (N, h, w, D)``. ``stage2`` goes to :func:`summarise_regions`.
+    ``images -> (N, h, w, D)``. ``baseline`` ("blur" paper, "mean" for small images) goes
+    to :func:`.masks.optimise_masks`; ``stage2`` to :func:`summarise_regions`.
     """
     as_float_array(images, "images", ndim=4)
     images = np.asarray(images, np.float32)
@@ -207,7 +208,8 @@ def visual_summaries(classifier, images, labels, classes: Sequence[int] | None =
     if sel.size:
         mres = _masks.optimise_masks(classifier, images[sel], labels[sel],
                                      smooth_steps=smooth_steps, sharp_steps=sharp_steps,
-                                     batch_size=batch_size, progress=progress)
+                                     batch_size=batch_size, progress=progress,
+                                     baseline=baseline)
     else:
         mres = None
     fmaps = None

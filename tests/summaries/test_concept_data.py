@@ -67,8 +67,12 @@ def _purities(data, res, rng, n_perm=100):
     "small_vgg 0.49 vs chance 0.45, small_resnet 0.31 vs chance 0.47; with the full "
     "300+150 steps small_vgg 0.35 vs 0.52. At 64 px the scaled blur (3 taps) cannot "
     "remove colour/shape evidence, masks delete loose background-heavy areas, and grey "
-    "SSIM cleaning favours flat background crops. Planted masks give purity 1.0 "
-    "(test_pipeline.py). Strict: alerts when this starts passing."))
+    "SSIM cleaning favours flat background crops. Tried (same runs): pooled "
+    "features.10/layer2 instead of HOG 0.61 vs 0.56 (vgg); mask components only 0.53 vs "
+    "0.53; blur-to-mean baseline (+ pooled features) puts the regions on objects, purity "
+    "vgg 0.91 vs chance 0.90, resnet 0.91 vs 0.84 (n=9) - high, but chance is high too "
+    "since every region of a class shows its rule's concepts; not a clear gain. Planted "
+    "masks give purity 1.0 (test_pipeline.py). Strict: alerts when this starts passing."))
 def test_summaries_are_pure(runs):
     data, out = runs
     rng = np.random.default_rng(0)
@@ -79,6 +83,39 @@ def test_summaries_are_pure(runs):
         assert len(ours) >= 2, f"{name}: too few summaries to judge ({res.counts()})"
         assert ours.mean() >= MIN_PURITY
         assert ours.mean() - chance.mean() >= MIN_GAIN_OVER_CHANCE
+
+
+@pytest.fixture(scope="module")
+def mean_baseline_run(runs):
+    """small_vgg with the small-image options: blur-to-mean masks, pooled conv features."""
+    from repsim_jax.models import zoo
+    data, _ = runs
+    model, _ = zoo.load_trained("small_vgg", progress=False)
+    return pipeline.visual_summaries(model, data.images, data.labels, CLASSES,
+                                     images_per_class=IMAGES_PER_CLASS, baseline="mean",
+                                     features="features.10", smooth_steps=STEPS[0],
+                                     sharp_steps=STEPS[1], progress=False)
+
+
+@pytest.mark.slow
+def test_mean_baseline_summaries_lie_on_objects(runs, mean_baseline_run):
+    # measured 2026-11-22 (same 100+50 steps, 6 images x classes 0,1,3): small_vgg
+    # blur-to-mean + features.10 pooling: purity 0.906 (n=15) vs permutation chance 0.896;
+    # fully perturbed p 0.03 (paper blur: 0.88). The spec's blur + HOG gives 0.49.
+    # Purity is high because nearly every region now lies on an object (hence chance is
+    # high too); beating chance clearly is still the xfail above.
+    data, out = runs
+    res = mean_baseline_run
+    ours, chance = _purities(data, res, np.random.default_rng(0), n_perm=50)
+    blur, _ = _purities(data, out["small_vgg"][1], np.random.default_rng(0), n_perm=1)
+    print(f"mean baseline: counts {res.counts()} purity {ours.mean():.3f} (n={len(ours)}) "
+          f"chance {chance.mean():.3f}; paper blur {blur.mean():.3f}")
+    assert len(ours) >= 6, res.counts()
+    assert ours.mean() >= 0.75
+    assert ours.mean() >= blur.mean() + 0.2
+    assert chance.mean() >= 0.7        # regions on objects, whichever way they are grouped
+    assert np.nanmean(res.masks.blurred_prob) < 0.2
+    assert np.nanmean(res.masks.blurred_prob) < np.nanmean(out["small_vgg"][1].masks.blurred_prob)
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
 """Stage 1: the official loss pieces, and the optimisation finds a planted patch."""
 import numpy as np
 import pytest
+import jax
 import jax.numpy as jnp
 
 from repsim_jax._checks import InputError
@@ -124,3 +125,20 @@ def test_sharded_batch_matches_single_device():
                                    sharding=NamedSharding(mesh, P("data")), **kw)
     np.testing.assert_allclose(sharded.sharp, plain.sharp, atol=1e-5)
     np.testing.assert_allclose(sharded.sharp_prob, plain.sharp_prob, atol=1e-5)
+
+
+def test_mean_baseline_replaces_pixels_by_channel_means():
+    imgs, patch, logits_fn = _planted(n=2, seed=3)
+    rep = np.asarray(masks.replacement_image(jnp.asarray(imgs), "mean"))
+    np.testing.assert_allclose(rep, np.broadcast_to(imgs.mean((1, 2), keepdims=True),
+                                                    imgs.shape), atol=1e-6)
+    res = masks.optimise_masks(logits_fn, imgs, np.zeros(2, int), smooth_steps=2,
+                               sharp_steps=2, progress=False, baseline="mean")
+    # fully perturbed image = the flat mean image: the checker evidence is gone
+    flat = imgs.mean((1, 2), keepdims=True) * np.ones_like(imgs)
+    ref = np.asarray(jax.nn.softmax(logits_fn(jnp.asarray(flat)), -1))[:, 0]
+    np.testing.assert_allclose(res.blurred_prob, ref, rtol=1e-5)
+    assert (res.blurred_prob < res.target_prob).all()
+    with pytest.raises(InputError, match="baseline"):
+        masks.optimise_masks(logits_fn, imgs, np.zeros(2, int), smooth_steps=1,
+                             sharp_steps=1, baseline="noise")
