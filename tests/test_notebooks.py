@@ -1,0 +1,220 @@
+"""Executes every Colab notebook of ``colab/`` headlessly at small size and checks its outputs.
+
+Each notebook runs in a fresh ``python3`` kernel of the current interpreter with
+``REPSIM_NOTEBOOK_SMALL=1`` (tiny sizes) and ``MPLBACKEND=Agg``; a failing cell fails the
+test with that cell's source and traceback. Beyond "it runs", every notebook's printed
+results are checked against what its method guarantees (RSM diagonal 1, permutation
+invariance, INVERT labels of class logits naming concepts of the class rule, recomputed AUC
+equal to the reported one, ...), and each must show at least one picture.
+
+The built-in trained models come from ``repsim_jax.models.zoo`` (trained once, cached), so
+after the first use the notebooks cost seconds each.
+"""
+from __future__ import annotations
+
+import ast
+import os
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat", reason="needs the [test] extra (nbformat)")
+nbclient = pytest.importorskip("nbclient", reason="needs the [test] extra (nbclient)")
+pytest.importorskip("ipykernel", reason="needs the [test] extra (ipykernel)")
+
+COLAB = Path(__file__).resolve().parents[1] / "colab"
+NOTEBOOKS = ["quickstart", "semantic_rsm", "invert", "concept_similarity", "cladec",
+             "visual_summaries"]
+# generous: a cold model cache trains the built-in model inside the first notebook's cell
+CELL_TIMEOUT = int(os.environ.get("REPSIM_NOTEBOOK_CELL_TIMEOUT", "900"))
+CONCEPTS = {"circle", "square", "triangle", "red", "green", "blue", "yellow", "solid",
+            "stripes", "dots", "small", "large", "dark", "light"}
+
+
+def execute(name: str, workdir: Path, preamble: str | None = None):
+    """Runs ``colab/<name>.ipynb`` in a fresh kernel; returns the executed notebook.
+
+    ``preamble`` (code) runs first in the kernel (used only by development helpers).
+    """
+    from nbclient.exceptions import CellExecutionError
+    nb = nbformat.read(COLAB / f"{name}.ipynb", as_version=4)
+    if preamble:
+        nb.cells.insert(0, nbformat.v4.new_code_cell(preamble))
+    client = nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3",
+                                     resources={"metadata": {"path": str(workdir)}})
+    try:
+        client.execute()
+    except CellExecutionError as err:
+        pytest.fail(f"notebook {name}.ipynb: a cell failed\n{err}", pytrace=False)
+    return nb
+
+
+def text_of(nb) -> str:
+    """Everything the notebook printed (streams and text/plain results), in order."""
+    parts = []
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream":
+                parts.append(out.get("text", ""))
+            elif "data" in out and "text/plain" in out["data"]:
+                parts.append(out["data"]["text/plain"] + "\n")
+    return "".join(parts)
+
+
+def n_pictures(nb) -> int:
+    return sum("image/png" in out.get("data", {}) for cell in nb.cells
+               for out in cell.get("outputs", []))
+
+
+def number(pattern: str, text: str) -> float:
+    m = re.search(pattern, text)
+    assert m, f"pattern {pattern!r} not found in the notebook's output:\n{text[-3000:]}"
+    return float(m.group(1))
+
+
+def formula_concepts(formula: str) -> set[str]:
+    return set(re.findall(r"[A-Za-z_]+", formula)) & CONCEPTS
+
+
+def logit_labels(text: str) -> list[tuple[str, str, float, float]]:
+    """``(class, formula, auc, iou with the class rule)`` from the notebooks' lines
+    ``logit[c] INVERT: f  AUC a ... IoU with the class rule x  (rule: r)``."""
+    rows = re.findall(r"logit\[(\w+)\] INVERT: (.+?)  AUC ([0-9.]+).*?"
+                      r"IoU with the class rule ([0-9.]+)", text)
+    return [(c, f, float(a), float(iou)) for c, f, a, iou in rows]
+
+
+@pytest.fixture
+def notebook_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("REPSIM_NOTEBOOK_SMALL", "1")
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    monkeypatch.setenv("PYTHONWARNINGS", "ignore")
+    # the kernel must be this interpreter (the repository's environment)
+    monkeypatch.setenv("PATH", str(Path(sys.executable).parent) + os.pathsep
+                       + os.environ.get("PATH", ""))
+    return tmp_path
+
+
+def test_notebooks_are_generated_from_make_notebooks(tmp_path):
+    """The committed notebooks equal what colab/make_notebooks.py writes (no hand edits that
+    the generator would silently undo), carry no stored outputs, and open as the brief asks:
+    install cell guarded by ``import repsim_jax``, the SMALL switch and one DATA line."""
+    sys.path.insert(0, str(COLAB))
+    try:
+        import make_notebooks
+    finally:
+        sys.path.remove(str(COLAB))
+    make_notebooks.main(tmp_path)
+    for name in NOTEBOOKS:
+        committed = nbformat.read(COLAB / f"{name}.ipynb", as_version=4)
+        fresh = nbformat.read(tmp_path / f"{name}.ipynb", as_version=4)
+        assert [c.source for c in committed.cells] == [c.source for c in fresh.cells], (
+            f"{name}.ipynb differs from make_notebooks.py: run python colab/make_notebooks.py")
+        sources = [c.source for c in committed.cells if c.cell_type == "code"]
+        assert all(not c.get("outputs") for c in committed.cells if c.cell_type == "code")
+        install = sources[0]
+        assert re.search(r"^REPO_URL = ", install, re.M)
+        assert "try:\n    import repsim_jax" in install and "%pip install" in install
+        assert 'git+{REPO_URL}' in install
+        config = sources[1]
+        assert 'SMALL = os.environ.get("REPSIM_NOTEBOOK_SMALL", "0") == "1"' in config
+        assert len(re.findall(r"^DATA = ", config, re.M)) == 1
+        assert committed.cells[0].cell_type == "markdown" and "arXiv" in committed.cells[0].source \
+            or name == "quickstart"
+        for src in sources:   # every code cell is valid Python once magics are set aside
+            ast.parse("\n".join(l for l in src.splitlines() if not l.strip().startswith("%")))
+
+
+@pytest.mark.slow
+def test_quickstart(notebook_env):
+    nb = execute("quickstart", notebook_env)
+    text = text_of(nb)
+    assert n_pictures(nb) >= 3
+    assert number(r"RSM diagonal: min ([0-9.]+)", text) == pytest.approx(1.0, abs=1e-4)
+    assert number(r"RSM diagonal: min [0-9.]+ max ([0-9.]+)", text) == pytest.approx(1.0, abs=1e-4)
+    rows = logit_labels(text)
+    assert len(rows) == 7, text
+    # the INVERT label of each class logit holds on much the same images as the class rule
+    # (few images: formulas tied at AUC 1 may carry a superfluous third literal)
+    ious = sorted(iou for *_, iou in rows)
+    assert ious[3] > 0.4 and ious[1] > 0.2, rows
+    assert sum(a > 0.9 for _, _, a, _ in rows) >= 6, rows
+    diag = re.search(r"CKA diagonal: \[([^\]]+)\]", text).group(1).split()
+    assert [float(x) for x in diag] == pytest.approx([1.0] * len(diag), abs=1e-3)
+    assert "usage: repsim" in text
+
+
+@pytest.mark.slow
+def test_semantic_rsm(notebook_env):
+    nb = execute("semantic_rsm", notebook_env)
+    text = text_of(nb)
+    assert n_pictures(nb) >= 3
+    assert number(r"diagonal of the semantic RSM: min ([0-9.]+)", text) == pytest.approx(1, abs=1e-4)
+    assert number(r"max \|K - K.T\| = ([0-9.e+-]+)", text) < 1e-5
+    assert "semantic >= spatio-semantic everywhere: True" in text
+    # permutation invariance: shuffling positions leaves the semantic RSM unchanged only
+    assert number(r"semantic RSM, max change after shuffling positions: ([0-9.e+-]+)", text) < 1e-4
+    assert number(r"spatio-semantic RSM, max change: +([0-9.e+-]+)", text) > 1e-2
+    # exact matching is optimal: quality 1; the identity matcher is never better
+    assert number(r"exact: mean quality ([0-9.]+)", text) == pytest.approx(1.0, abs=1e-5)
+    assert number(r"identity: mean quality ([0-9.]+)", text) <= 1.0 + 1e-6
+
+
+@pytest.mark.slow
+def test_invert(notebook_env):
+    nb = execute("invert", notebook_env)
+    text = text_of(nb)
+    assert n_pictures(nb) >= 2
+    rows = logit_labels(text)
+    assert len(rows) == 7, text
+    ious = sorted(iou for *_, iou in rows)
+    assert ious[3] > 0.6 and ious[1] > 0.3, rows
+    # every label names concepts of the built-in data
+    assert all(formula_concepts(f) for _, f, _, _ in rows)
+    reported = number(r"reported AUC ([0-9.]+)", text)
+    assert number(r"recomputed AUC ([0-9.]+)", text) == pytest.approx(reported, abs=1e-6)
+    assert reported > 0.75
+
+
+@pytest.mark.slow
+def test_concept_similarity(notebook_env):
+    nb = execute("concept_similarity", notebook_env)
+    text = text_of(nb)
+    assert n_pictures(nb) >= 4
+    diag = re.search(r"A vs A, diagonal: \[([^\]]+)\]", text).group(1).split()
+    assert [float(x) for x in diag] == pytest.approx([1.0] * 3, abs=1e-4)
+    best = {m[0]: float(m[1]) for m in re.findall(r"(\w+): best layer \S+ +IoU ([0-9.]+)", text)}
+    assert set(best) == CONCEPTS
+    # the background concepts cover most pixels and are trivially decodable
+    assert best["dark"] > 0.5 and best["light"] > 0.5
+    assert len(re.findall(r"-> most similar small_resnet layer", text)) == 3
+
+
+@pytest.mark.slow
+def test_cladec(notebook_env):
+    nb = execute("cladec", notebook_env)
+    text = text_of(nb)
+    assert n_pictures(nb) >= 2
+    assert "reconstructions lie in [0, 1]: True" in text
+    errs = [float(x) for x in re.findall(r"squared error per image +([0-9.]+)", text)]
+    assert len(errs) == 3 and all(0 < e < 64 * 64 * 3 for e in errs)
+    losses = re.findall(r"(ClaDec a=\S+|AE) +training loss ([0-9.]+) -> ([0-9.]+)", text)
+    assert len(losses) == 3    # SMALL: 1 layer x 2 alphas ClaDec + 1 reference auto-encoder
+    for who, start, end in losses:
+        assert float(end) < float("inf")
+        if who.startswith("ClaDec"):   # the decoders learn (measured: 0.10 -> 0.03)
+            assert float(end) < 0.7 * float(start), losses
+
+
+@pytest.mark.slow
+def test_visual_summaries(notebook_env):
+    nb = execute("visual_summaries", notebook_env)
+    text = text_of(nb)
+    assert n_pictures(nb) >= 1
+    clean = number(r"true-class probability: clean ([0-9.]+)", text)
+    masked = number(r"sharp mask's pixels blurred ([0-9.]+)", text)
+    assert masked < clean   # the masked pixels carry class evidence
+    assert len(re.findall(r"^class \w+: status ", text, re.M)) == 2
