@@ -11,9 +11,7 @@ __all__ = ["plot_rows", "plot_cladec_grid", "plot_deletion_curves"]
 
 
 def _agg():
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from repsim_jax import _plotting as plt
     return plt
 
 

@@ -323,9 +323,7 @@ def plot_layer_similarity(M, names_a: Sequence[str], names_b: Sequence[str] | No
                           label_b: str = "model B", path=None):
     """Heatmap of a (La, Lb) layer x layer similarity matrix; returns the figure (and saves
     it to ``path`` when given). Uses matplotlib's Agg backend."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from repsim_jax import _plotting as plt
     M = np.asarray(M)
     names_b = names_a if names_b is None else names_b
     fig, ax = plt.subplots(figsize=(1.2 + 0.45 * M.shape[1], 1.0 + 0.4 * M.shape[0]))
@@ -347,9 +345,7 @@ def plot_relative_depth(M, *, label_a: str = "model A", label_b: str = "model B"
     """Relative-depth view of a (La, Lb) matrix: every layer pair as a point at
     (relative depth in A, relative depth in B) coloured by similarity, the best match of each
     A layer highlighted, and the diagonal for reference."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from repsim_jax import _plotting as plt
     M = np.asarray(M)
     ra, rb = relative_depth(M.shape[0]), relative_depth(M.shape[1])
     gx, gy = np.meshgrid(ra, rb, indexing="ij")

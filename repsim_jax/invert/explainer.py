@@ -134,9 +134,7 @@ class InvertResult:
 
     def plot(self, ax=None, top: int = 20, path=None):
         """Horizontal bars: AUC of the best formula of the ``top`` neurons (best first)."""
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from repsim_jax import _plotting as plt
         best = self.auc[:, -1, 0]
         ok = self.valid[:, -1, 0]
         order = [u for u in np.argsort(-np.where(ok, best, -np.inf), kind="stable") if ok[u]]

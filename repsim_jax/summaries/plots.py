@@ -44,9 +44,7 @@ def save_summaries(result, images, out_dir, *, class_names: Sequence[str] | None
 
     ``images`` are the caller's full image array (the result indexes into it).
     """
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from repsim_jax import _plotting as plt
 
     out = Path(out_dir)
     paths = []
@@ -70,9 +68,7 @@ def save_masks(images, mask_result, path, *, indices: Sequence[int] | None = Non
                max_images: int = 8, titles: Sequence[str] | None = None) -> Path:
     """One figure: per image the input, the smooth and sharp masks (1 - m: what was
     deleted) and the perturbed image; rows = images. ``images`` align with the masks."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from repsim_jax import _plotting as plt
     from repsim_jax.summaries.masks import blur_images, perturb
 
     images = np.asarray(images, np.float32)

@@ -63,9 +63,7 @@ def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
 
 def render_figure(spec: dict[str, Any], arrays: dict[str, np.ndarray]) -> bytes:
     """PNG bytes of one figure spec (heatmap / images / hist)."""
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from repsim_jax import _plotting as plt
     kind = spec["kind"]
     a = np.asarray(arrays[spec["array"]])
     if kind == "heatmap":
