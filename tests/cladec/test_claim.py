@@ -57,21 +57,38 @@ def test_claim_on_digits(digits, digits_classifier, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("REPSIM_CLADEC_CONCEPT"),
-                    reason="several CPU-minutes on 64x64 data; set REPSIM_CLADEC_CONCEPT=1 "
-                           "(not yet verified on a quiet machine)")
+                    reason="standalone ~90 s at load ~2, but under pytest (8 forced host "
+                           "devices, shared machine) it passed 400 s unfinished; set "
+                           "REPSIM_CLADEC_CONCEPT=1 to run (numbers in the docstring)")
 def test_claim_on_builtin_concept_data(tmp_path):
+    """The claim on the built-in shapes data, deepest hidden layer ``classifier.1`` of small_vgg.
+
+    Opt-in. Sized to fit ~90 s of a 2-core CPU when run as a script: 300 train / 400 test images (64x64), batch 16, one
+    alpha (0.1), 30 ClaDec / 30 AE / 30 retrain steps. Measured (7 classes, chance ~0.14):
+
+    ======  =======================  ===================================
+    set     retrained test accuracy  reconstruction error (sum sq/image)
+    ======  =======================  ===================================
+    0.1     0.260                    1530.8
+    ae      0.133                    964.2
+    ======  =======================  ===================================
+
+    Time at load ~2.3 (compiles included): fit_cladec 12 s, fit_reference_ae 19 s,
+    reconstruct 10 s, retrain_accuracy 47 s. A larger run (500 train, batch 32, 30/60/30
+    steps) gave 0.443 vs 0.260 and errors 1541 vs 859 but took ~500 s at load ~10; the
+    original 1000-image / 3-alpha / 300-600-300-step configuration was never completed on CPU.
+    Every step is a forward/backward of the 64x64 VGG, so retraining dominates.
+    """
     zoo = pytest.importorskip("repsim_jax.models.zoo")
     shapes = pytest.importorskip("repsim_jax.data.shapes")
-    from repsim_jax.models.capture import list_layers
     model, info = zoo.load_trained("small_vgg")
     train, test = shapes.load("train"), shapes.load("test")
-    xtr, ytr = np.asarray(train.images[:1000]), np.asarray(train.labels[:1000])
+    xtr, ytr = np.asarray(train.images[:300]), np.asarray(train.labels[:300])
     xte, yte = np.asarray(test.images[:400]), np.asarray(test.labels[:400])
-    layers = [l for l in list_layers(model) if l != "logits"]
-    deepest = layers[-2]             # the last hidden layer (layers[-1] are the logits)
-    fit, ae, acc, err, _ = claim_numbers(model, deepest, xtr, ytr, xte, yte, cladec_steps=300,
-                                         ae_steps=600, retrain_steps=300)
+    deepest = "classifier.1"         # the last hidden layer (classifier.2 are the logits)
+    fit, ae, acc, err, _ = claim_numbers(model, deepest, xtr, ytr, xte, yte, alphas=(0.1,),
+                                         cladec_steps=30, ae_steps=30, retrain_steps=30,
+                                         batch_size=16)
     _report(f"shapes {deepest}", acc, err)
-    best = max(ALPHAS, key=lambda a: acc[a])
-    assert err["ae"] < err[best]
-    assert acc[best] > acc["ae"]
+    assert err["ae"] < 0.8 * err[0.1], err                      # AE reconstructs better
+    assert acc[0.1] > acc["ae"] + 0.05, acc                     # ClaDec keeps more class info
