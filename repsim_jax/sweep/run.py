@@ -101,25 +101,9 @@ def _barrier(name: str) -> None:
 
 
 def model_layers(model) -> dict[str, tuple]:
-    """Per-image shapes of the capturable layers of ``model``, in forward order.
-
-    (The order is recorded while tracing: pytree outputs come back with sorted keys.)
-    """
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
-    graphdef, state = nnx.split(model)
-    order: list[str] = []
-
-    def run(state, x):
-        taps: dict = {}
-        nnx.merge(graphdef, state)(x, taps=taps)
-        order.extend(taps)
-        return taps
-
-    out = jax.eval_shape(run, state, jax.ShapeDtypeStruct((1, *model.input_shape),
-                                                          jnp.float32))
-    return {k: tuple(out[k].shape[1:]) for k in order}
+    """Per-image shapes of the capturable layers of ``model``, in forward order."""
+    from repsim_jax.models import layer_shapes
+    return layer_shapes(model)
 
 
 @dataclasses.dataclass
