@@ -2,9 +2,8 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-# Simulated devices so sharded code paths run on a CPU-only machine (harmless on GPU/TPU:
-# the flag only affects the host platform).
-export XLA_FLAGS ?= --xla_force_host_platform_device_count=8
+# The tests simulate 8 CPU devices (tests/conftest.py sets
+# XLA_FLAGS=--xla_force_host_platform_device_count=8) so sharded code paths run without a GPU.
 
 .PHONY: all venv demo test test-fast bench clean
 

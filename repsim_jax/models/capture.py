@@ -80,6 +80,14 @@ def _validate_images(model, images):
                          f"{tuple(images.shape)}")
 
 
+def _replicated(sharding: jax.sharding.Sharding) -> jax.sharding.Sharding:
+    """A sharding that keeps a full copy of an array on every device of ``sharding``."""
+    if isinstance(sharding, jax.sharding.NamedSharding):
+        return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+    mesh = jax.sharding.Mesh(np.array(sorted(sharding.device_set, key=lambda d: d.id)), ("d",))
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+
 def activations(model, images, layers: Iterable[str] | str, *, batch_size: int | None = None,
                 sharding: jax.sharding.Sharding | None = None) -> dict[str, jax.Array]:
     """Activations ``{name: (N, ...)}`` of the named ``layers`` for NHWC ``images``.
@@ -103,6 +111,10 @@ def activations(model, images, layers: Iterable[str] | str, *, batch_size: int |
         if name not in valid:
             raise unknown_name("layer", name, valid)
     graphdef, state = nnx.split(model)
+    if sharding is not None:
+        # weights restored from a checkpoint are committed to one device: replicate them
+        # onto the devices the images are spread over, or jit refuses the mix.
+        state = jax.device_put(state, _replicated(sharding))
     n = images.shape[0]
     if batch_size is None or batch_size >= n:
         x = jnp.asarray(images, jnp.float32)

@@ -106,3 +106,21 @@ def test_sharded_forward_on_8_device_mesh_equals_single_device(r18):
     chunked = activations(r18, x, ["logits"], sharding=sharding, batch_size=8)
     np.testing.assert_allclose(np.asarray(chunked["logits"]), np.asarray(ref["logits"]),
                                atol=1e-5, rtol=1e-5)
+
+
+def test_sharded_forward_with_weights_committed_to_one_device():
+    # weights restored from a checkpoint live (committed) on one device; sharded images
+    # must still work (the weights are replicated onto the mesh), with the same numbers.
+    from flax import nnx
+    from repsim_jax.models import build
+    model = build("small_vgg", num_classes=7, rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(model)
+    state = jax.device_put(state, jax.devices()[0])
+    model = nnx.merge(graphdef, state)
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    x = np.random.default_rng(3).random((16, 64, 64, 3), np.float32)
+    ref = activations(model, x, ["features.3", "logits"])
+    out = activations(model, x, ["features.3", "logits"], sharding=NamedSharding(mesh, P("data")))
+    for k in ref:
+        assert len(out[k].sharding.device_set) == 8, k
+        np.testing.assert_allclose(np.asarray(out[k]), np.asarray(ref[k]), atol=1e-5, rtol=1e-5)
