@@ -55,23 +55,13 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from repsim_jax.invert import explain, parse  # noqa: E402
-from repsim_jax.invert.reference import beam_search_loop  # noqa: E402
+from repsim_jax.invert.reference import (beam_chains, beam_search_loop,  # noqa: E402
+                                         hierarchical_labels)
 
 
 def make_world(n, n_top, n_mid, n_leaf, n_units, mu, seed=0):
-    rng = np.random.default_rng(seed)
     n_leaves = n_top * n_mid * n_leaf
-    leaf = rng.integers(0, n_leaves, n)
-    mid = leaf // n_leaf
-    top = mid // n_mid
-    c = n_leaves + n_top * n_mid + n_top
-    lab = np.zeros((n, c), bool)
-    rows = np.arange(n)
-    lab[rows, leaf] = True
-    lab[rows, n_leaves + mid] = True
-    lab[rows, n_leaves + n_top * n_mid + top] = True
-    names = ([f"leaf{i:04d}" for i in range(n_leaves)] +
-             [f"mid{i:03d}" for i in range(n_top * n_mid)] + [f"top{i:02d}" for i in range(n_top)])
+    lab, names, rng = hierarchical_labels(n, n_top, n_mid, n_leaf, seed=seed, digits=(4, 3, 2))
     formulas = []
     for u in range(n_units):
         a, b, c3 = (names[i] for i in rng.choice(n_leaves, 3, replace=False))
@@ -81,17 +71,6 @@ def make_world(n, n_top, n_mid, n_leaf, n_units, mu, seed=0):
     truth = np.stack([parse(f, lab, names) for f in formulas], 1)
     acts = (mu * truth + rng.normal(size=truth.shape)).astype(np.float32)
     return acts, lab, names, formulas
-
-
-def chains(res, u, step):
-    out = []
-    for k in np.flatnonzero(res.valid[u, step - 1]):
-        lits = res.literals[u, step - 1, k]
-        m = int((lits >= 0).sum())
-        out.append((tuple(int(x) for x in lits[:m]),
-                    tuple(int(o) for o in res.ops[u, step - 1, k, 1:m]),
-                    float(res.auc[u, step - 1, k])))
-    return out
 
 
 def same_beam(ours, loop, atol=1e-12):
@@ -188,8 +167,8 @@ def main(args):
         loop_t.append(time.perf_counter() - t)
         ref_d = beam_search_loop(acts[:, u], lab, dedup=True, **kw)
         for step in range(1, args.L + 1):
-            mism_c += not same_beam(chains(res_c, u, step), ref[step])
-            mism_d += not same_beam(chains(res_d, u, step), ref_d[step])
+            mism_c += not same_beam(beam_chains(res_c, u, step), ref[step])
+            mism_d += not same_beam(beam_chains(res_d, u, step), ref_d[step])
     loop_per_neuron = float(np.mean(loop_t))
     recovered = float(np.mean([np.array_equal(res_d[u].best.structure.evaluate(lab),
                                               parse(formulas[u], lab, names))

@@ -14,7 +14,7 @@ import numpy as np
 import scipy.sparse
 from scipy.stats import rankdata
 
-__all__ = ["beam_search_loop"]
+__all__ = ["beam_search_loop", "hierarchical_labels", "beam_chains"]
 
 
 def _auc(r2, n, n_total):
@@ -134,3 +134,39 @@ def beam_search_loop(activations, labels, *, L: int, B: int, min_fraction: float
         beam = first_distinct(entries())
         states[step] = [(e["lits"], e["ops"], e["auc"], e["n"]) for e in beam]
     return states
+
+
+def hierarchical_labels(n: int, n_top: int, n_mid: int, n_leaf: int, *, seed: int = 0,
+                        digits: tuple[int, int, int] = (2, 1, 1)):
+    """A synthetic concept world: each of ``n`` inputs gets one random leaf plus its mid and
+    top ancestors (``n_top * n_mid * n_leaf`` leaves). Returns labels (n, C) bool, concept
+    names (``leaf``/``mid``/``top`` + zero-padded index, ``digits`` wide) and the generator,
+    so callers can keep drawing from the same stream."""
+    rng = np.random.default_rng(seed)
+    n_leaves = n_top * n_mid * n_leaf
+    leaf = rng.integers(0, n_leaves, n)
+    mid = leaf // n_leaf
+    top = mid // n_mid
+    labels = np.zeros((n, n_leaves + n_top * n_mid + n_top), bool)
+    rows = np.arange(n)
+    labels[rows, leaf] = True
+    labels[rows, n_leaves + mid] = True
+    labels[rows, n_leaves + n_top * n_mid + top] = True
+    dl, dm, dt = digits
+    names = ([f"leaf{i:0{dl}d}" for i in range(n_leaves)]
+             + [f"mid{i:0{dm}d}" for i in range(n_top * n_mid)]
+             + [f"top{i:0{dt}d}" for i in range(n_top)])
+    return labels, names, rng
+
+
+def beam_chains(result, u: int, step: int) -> list[tuple]:
+    """The beam of neuron ``u`` after ``step`` of an :class:`InvertResult` as comparable
+    tuples ``(literals, operators, auc)`` - the form :func:`beam_search_loop` returns."""
+    out = []
+    for k in np.flatnonzero(result.valid[u, step - 1]):
+        lits = result.literals[u, step - 1, k]
+        m = int((lits >= 0).sum())
+        out.append((tuple(int(x) for x in lits[:m]),
+                    tuple(int(o) for o in result.ops[u, step - 1, k, 1:m]),
+                    float(result.auc[u, step - 1, k])))
+    return out

@@ -2,22 +2,12 @@
 import numpy as np
 import pytest
 
+from repsim_jax.invert.reference import hierarchical_labels
+
 
 def hierarchy(n, n_top=3, n_mid=3, n_leaf=4, seed=0):
     """One leaf per input plus its mid and top ancestors: labels (n, C), names."""
-    rng = np.random.default_rng(seed)
-    n_leaves = n_top * n_mid * n_leaf
-    leaf = rng.integers(0, n_leaves, n)
-    mid = leaf // n_leaf
-    top = mid // n_mid
-    c = n_leaves + n_top * n_mid + n_top
-    lab = np.zeros((n, c), bool)
-    rows = np.arange(n)
-    lab[rows, leaf] = True
-    lab[rows, n_leaves + mid] = True
-    lab[rows, n_leaves + n_top * n_mid + top] = True
-    names = ([f"leaf{i:02d}" for i in range(n_leaves)] + [f"mid{i}" for i in range(n_top * n_mid)]
-             + [f"top{i}" for i in range(n_top)])
+    lab, names, _ = hierarchical_labels(n, n_top, n_mid, n_leaf, seed=seed)
     return lab, names
 
 

@@ -6,18 +6,7 @@ import numpy as np
 import pytest
 
 from repsim_jax.invert import benjamini_hochberg, explain, parse
-from repsim_jax.invert.reference import beam_search_loop
-
-
-def _chains(res, u, step):
-    out = []
-    for k in np.flatnonzero(res.valid[u, step - 1]):
-        lits = res.literals[u, step - 1, k]
-        m = int((lits >= 0).sum())
-        out.append((tuple(int(x) for x in lits[:m]),
-                    tuple(int(o) for o in res.ops[u, step - 1, k, 1:m]),
-                    float(res.auc[u, step - 1, k])))
-    return out
+from repsim_jax.invert.reference import beam_chains as _chains, beam_search_loop
 
 
 def test_compat_reproduces_official_reference(shared_dir):
