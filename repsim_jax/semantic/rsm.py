@@ -237,12 +237,17 @@ def pair_statistics(x, *, matcher: str = "exact", solver: str = "auto",
     static = dict(t=t, matcher=matcher, opts=opts, quality=return_quality)
     bar = tqdm(total=len(blocks), desc=f"semantic rsm ({matcher})", leave=False,
                disable={True: False, False: True, None: None}[progress])
-    ingraph = solver == "hungarian" or (matcher in ("identity", "greedy", "sinkhorn")
-                                        and not return_quality)
-    if ingraph:
+    ingraph = solver == "hungarian" or (matcher in _m.INGRAPH and not return_quality)
+    if ingraph:                      # dispatch block k+1 before block k is read back
+        pending = None
         for blk in blocks:
-            store(blk, _ingraph_block(x, *blk[:4], **static))
-            bar.update()
+            res = _ingraph_block(x, *blk[:4], **static)
+            if pending is not None:
+                store(*pending)
+                bar.update()
+            pending = (blk, res)
+        store(*pending)
+        bar.update()
     else:
         pending = _plan_block(x, *blocks[0][:4], **static)
         for k, blk in enumerate(blocks):
@@ -337,8 +342,10 @@ def rsm(reps, *, kernel: str | Sequence[str] = "cosine", matcher: str = "exact",
       kernel: ``"inner"``, ``"cosine"``, ``"rbf"``, or a sequence of them (one matching
         serves all; the result is then a dict ``{kernel: rsm}``).
       matcher: ``"identity"``, ``"exact"``, ``"greedy"``, ``"topk_greedy"`` (option ``k``,
-        default 64), ``"window"`` (option ``size``, default 128) or ``"sinkhorn"`` (options
-        ``eps_start``, ``eps_end``, ``n_stages``, ``iters_per_stage``).
+        default 64), ``"window"`` (option ``size``, default 128), ``"sinkhorn"`` (options
+        ``eps_start``, ``eps_end``, ``n_stages``, ``iters_per_stage``) or ``"auction"``
+        (options ``k`` candidates per row, default 32, ``eps`` default 1e-3 of max|M|,
+        ``init_iters``, ``init_eps``, ``max_bids``).
         See :mod:`repsim_jax.semantic.matching`.
       return_quality: also return the (N, N) ratio matched score / exact score (1 on the
         diagonal and for ``exact``; <= 1 otherwise).

@@ -91,7 +91,7 @@ def test_sharded_over_8_devices_equals_single_device(monkeypatch):
         monkeypatch.setattr(rsm_mod, name, spy)
     rng = np.random.default_rng(2)
     x = np.maximum(rng.normal(size=(13, 16, 8)), 0).astype(np.float32)
-    for matcher, opts in [("exact", {}), ("greedy", {})]:
+    for matcher, opts in [("exact", {}), ("greedy", {}), ("auction", {"k": 4})]:
         single = rsm(x, kernel=KERNELS, matcher=matcher, devices=[jax.devices()[0]],
                      return_quality=True, **opts)
         sharded = rsm(x, kernel=KERNELS, matcher=matcher, devices="all", block_pairs=16,
@@ -132,7 +132,8 @@ def test_return_quality_ratios():
     exact = rsm(x, kernel="inner", matcher="exact")
     off = ~np.eye(6, dtype=bool)
     for matcher, opts in [("greedy", {}), ("window", {"size": 16}), ("topk_greedy", {"k": 8}),
-                          ("sinkhorn", {}), ("identity", {}), ("exact", {})]:
+                          ("sinkhorn", {}), ("identity", {}), ("exact", {}),
+                          ("auction", {})]:
         k, q = rsm(x, kernel="inner", matcher=matcher, return_quality=True, **opts)
         np.testing.assert_allclose(q[off], k[off] / exact[off], rtol=1e-5)
         assert (q <= 1 + 1e-6).all() and (np.diag(q) == 1).all()
@@ -140,6 +141,8 @@ def test_return_quality_ratios():
             np.testing.assert_allclose(q, 1.0, rtol=1e-6)
         if matcher in ("greedy", "sinkhorn"):
             assert q[off].min() > 0.93
+        if matcher == "auction":
+            assert q[off].min() > 0.99
 
 
 def test_drop_first_token():
