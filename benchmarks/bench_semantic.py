@@ -174,7 +174,7 @@ def main(argv=None):
     matchers = [("exact", {}), ("exact[scipy]", {}), ("exact[hungarian]", {"solver": "hungarian"}),
                 ("window", {"size": 128}), ("window[64]", {"size": 64}),
                 ("topk_greedy", {"k": 64}), ("greedy", {}), ("sinkhorn", {}),
-                ("identity", {})]
+                ("auction", {}), ("identity", {})]
     if args.quick:
         configs = [(16, 49), (16, 196), (4, 784)]
     else:
@@ -185,12 +185,15 @@ def main(argv=None):
         keep = set(args.matchers.split(","))
         matchers = [m for m in matchers if m[0] in keep]
     results = []
+    load_before = os.getloadavg()
     for n, s in configs:
         bench_config(n, s, 256, matchers, args, results)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(dict(host_solver=host_solver_name(), backend=jax.default_backend(),
                                    devices=len(jax.devices()), cpu_count=os.cpu_count(),
+                                   load_average_before=load_before,
+                                   load_average_after=os.getloadavg(),
                                    results=results), indent=1))
     print(f"\nwrote {out}")
 
