@@ -23,7 +23,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/repsim demo
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -n 2 --dist loadfile tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=20 tests
 
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest -q -m "not slow" tests
