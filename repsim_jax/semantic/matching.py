@@ -200,7 +200,7 @@ def _sparse_sinkhorn_prices(vals, idx, eps, iters):
 
 
 def auction_matching(cost, *, k: int = 32, eps: float = 1e-3, init_iters: int = 3,
-                     init_eps: float = 1e-2, max_bids: int | None = None):
+                     init_eps: float = 1e-2, bidders: int = 4, max_bids: int | None = None):
     r"""Approximate maximum matching of one (S, S) cost matrix by the auction algorithm.
 
     Bertsekas' forward auction on the candidate graph of :func:`auction_candidates` (values
@@ -215,9 +215,12 @@ def auction_matching(cost, *, k: int = 32, eps: float = 1e-3, init_iters: int = 
 
     Prices start at :math:`-g` from ``init_iters`` sparse log-domain Sinkhorn steps at
     ``init_eps`` (near-dual prices; on ReLU-Gaussian costs at S=196 they halve the number of
-    bids). Jit/vmap-able (vmapped, all pairs bid in lock step until the last one is done);
-    after ``max_bids`` (default 50 S) bids any row still free takes a free column in
-    index order, so the output is always a permutation. Returns ``perm`` (S,) int32.
+    bids). Each step pops up to ``bidders`` free rows, which bid at once against the same
+    prices (a small Jacobi auction: on one object only the highest bid wins, losers go
+    back on the stack), cutting the number of sequential steps. Jit/vmap-able (vmapped,
+    all pairs step in lock step until the last one is done); after ``max_bids`` (default
+    50 S) steps any row still free takes a free column in index order, so the output is
+    always a permutation. Returns ``perm`` (S,) int32.
     """
     cost = jnp.asarray(cost)
     s = cost.shape[-1]
@@ -229,27 +232,43 @@ def auction_matching(cost, *, k: int = 32, eps: float = 1e-3, init_iters: int = 
     limit = int(max_bids) if max_bids is not None else 50 * s
     eps = jnp.asarray(eps, jnp.float32)
 
+    m = max(1, min(int(bidders), s))
+    barange = jnp.arange(m)
+    first = barange[:, None] < barange[None, :]          # tie-break: the earlier bidder wins
+
     def body(st):
         price, owner, assign, stack, top, n = st
-        active = top > 0
-        top = top - active
-        i = stack[jnp.maximum(top, 0)]
-        ji = idx[i]
-        v = vals[i] - price[ji]
-        w1 = v.max()
-        k1 = jnp.min(jnp.where(v == w1, karange, kk))
-        w2 = jnp.max(jnp.where(karange == k1, -jnp.inf, v)) if kk > 1 else w1 - 2.0
+        cnt = jnp.minimum(top, m)
+        valid = barange < cnt
+        top = top - cnt
+        rows = stack[jnp.clip(top + cnt - 1 - barange, 0, s - 1)]           # (m,)
+        ji = idx[rows]                                                      # (m, K)
+        v = vals[rows] - price[ji]
+        w1 = v.max(1)
+        k1 = jnp.min(jnp.where(v == w1[:, None], karange, kk), 1)
+        w2 = (jnp.max(jnp.where(karange == k1[:, None], -jnp.inf, v), 1) if kk > 1
+              else w1 - 2.0)
         w2 = jnp.maximum(w2, w1 - 2.0)    # one finite candidate: a bounded (valid) raise
-        j = ji[k1]
+        j = jnp.take_along_axis(ji, k1[:, None], 1)[:, 0]
+        bid = price[j] + (w1 - w2) + eps
+        # Jacobi among the m bidders: a bidder wins unless another valid bidder on the same
+        # object bids more (or as much and earlier)
+        same = (j[:, None] == j[None, :]) & valid[:, None] & valid[None, :]
+        beaten = same & ((bid[None, :] > bid[:, None])
+                         | ((bid[None, :] == bid[:, None]) & first.T))
+        win = valid & ~beaten.any(1)
         old = owner[j]
-        jw = jnp.where(active, j, s)                      # index s = out of bounds: no-op
-        price = price.at[jw].add(w1 - w2 + eps, mode="drop")
-        owner = owner.at[jw].set(i, mode="drop")
-        assign = assign.at[jnp.where(active, i, s)].set(j, mode="drop")
-        push = active & (old >= 0)
-        assign = assign.at[jnp.where(push, old, s)].set(-1, mode="drop")
-        stack = stack.at[jnp.where(push, top, s)].set(old, mode="drop")
-        return price, owner, assign, stack, top + push, n + active
+        jw = jnp.where(win, j, s)                         # index s = out of bounds: no-op
+        price = price.at[jw].set(bid, mode="drop")
+        owner = owner.at[jw].set(rows, mode="drop")
+        assign = assign.at[jnp.where(win, rows, s)].set(j, mode="drop")
+        evict = win & (old >= 0)
+        assign = assign.at[jnp.where(evict, old, s)].set(-1, mode="drop")
+        back = jnp.where(evict, old, rows)                # evicted owners and losing bidders
+        push = evict | (valid & ~win)
+        pos = top + jnp.cumsum(push) - 1
+        stack = stack.at[jnp.where(push, pos, s)].set(back, mode="drop")
+        return price, owner, assign, stack, top + push.sum(), n + 1
 
     init = (price, jnp.full(s, -1, jnp.int32), jnp.full(s, -1, jnp.int32),
             jnp.arange(s, dtype=jnp.int32)[::-1], jnp.asarray(s, jnp.int32),
@@ -344,7 +363,7 @@ def _check_matcher(matcher: str, s: int, options: dict) -> dict:
     if matcher not in MATCHERS:
         raise unknown_name("matcher", matcher, MATCHERS)
     allowed = {"topk_greedy": {"k"}, "window": {"size"},
-               "auction": {"k", "eps", "init_iters", "init_eps", "max_bids"},
+               "auction": {"k", "eps", "init_iters", "init_eps", "bidders", "max_bids"},
                "sinkhorn": {"eps_start", "eps_end", "n_stages", "iters_per_stage"}}
     extra = set(options) - allowed.get(matcher, set())
     if extra:
