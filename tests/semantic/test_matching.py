@@ -165,15 +165,16 @@ def test_auction_is_near_exact_and_never_above_it(s, b):
     assert q.min() >= 0.99
 
 
-@pytest.mark.parametrize("s", [6, 17, 40])
-def test_auction_dense_is_exact_on_integer_costs(s):
+@pytest.mark.parametrize("s,bidders", [(6, 1), (17, 4), (40, 1), (40, 8)])
+def test_auction_dense_is_exact_on_integer_costs(s, bidders):
     """Auction theorem: with integer benefits and S * eps_abs < 1 the epsilon-optimal
     assignment is optimal. k >= S makes every column a candidate; eps is relative to
     max|M| = 20, so eps_abs = eps * 20 = 0.9 / S."""
     rng = np.random.default_rng(s)
     cost = rng.integers(-20, 21, size=(8, s, s)).astype(np.float32)
     cost[:, 0, 0] = 20                                   # max|M| = 20 exactly
-    perm = np.asarray(mt.match(cost, "auction", k=s, eps=0.9 / (s * 20.0), init_iters=0))
+    perm = np.asarray(mt.match(cost, "auction", k=s, eps=0.9 / (s * 20.0), init_iters=0,
+                               bidders=bidders))
     assert _is_perm(perm)
     np.testing.assert_array_equal(_score(cost, perm), _optimum(cost))
 
