@@ -323,11 +323,19 @@ def ice_reconstruct(ice: ICEConcepts, maps):
     return jnp.einsum("nhwk,kc->nhwc", jnp.asarray(maps, jnp.float32), ice.components)
 
 
-def fidelity(head: Callable, acts, reconstructed, labels=None, *, batch_size: int = 256):
+def fidelity(head, acts, reconstructed, labels=None, *, layer: str | None = None,
+             images=None, batch_size: int = 256):
     """Fidelity of a layer's reconstruction.
 
-    ``head`` maps the layer's activations to logits (the rest of the network). Returns a
-    dict with ``relative_logit_error`` (C,) = mean over inputs of
+    The rest of the network after the layer is given either as
+
+    * a model plus ``layer`` and ``images`` (recommended): the network runs on ``images``
+      with ``layer``'s output replaced by ``acts`` and by ``reconstructed``
+      (:func:`repsim_jax.models.forward` with ``replace=``; paths that bypass the layer,
+      e.g. a residual branch, still see the images), or
+    * a callable ``head`` mapping the layer's activations to logits.
+
+    Returns a dict with ``relative_logit_error`` (C,) = mean over inputs of
     ``|f(A) - f(SV)| / (|f(A)| + 1e-4)`` per class, ``agreement`` (fraction of inputs whose
     arg-max class is unchanged) and, when ``labels`` are given, ``accuracy_original`` /
     ``accuracy_reconstructed``.
@@ -337,10 +345,22 @@ def fidelity(head: Callable, acts, reconstructed, labels=None, *, batch_size: in
     if acts.shape != reconstructed.shape:
         raise InputError(f"acts {tuple(acts.shape)} and reconstructed "
                          f"{tuple(reconstructed.shape)} differ in shape")
-    f = jax.jit(head)
-    fa = jnp.concatenate([f(acts[i:i + batch_size]) for i in range(0, len(acts), batch_size)])
-    fr = jnp.concatenate([f(reconstructed[i:i + batch_size])
-                          for i in range(0, len(acts), batch_size)])
+    if layer is not None:
+        from repsim_jax.models.capture import forward
+        if images is None:
+            raise InputError("fidelity: layer= needs the images the activations came from")
+        if len(images) != len(acts):
+            raise InputError(f"images has {len(images)} inputs but acts has {len(acts)}")
+        fa = forward(head, images, replace={layer: acts}, batch_size=batch_size)
+        fr = forward(head, images, replace={layer: reconstructed}, batch_size=batch_size)
+    else:
+        if not callable(head):
+            raise InputError("fidelity: head must be callable (or pass layer= and images=)")
+        f = jax.jit(head)
+        fa = jnp.concatenate([f(acts[i:i + batch_size])
+                              for i in range(0, len(acts), batch_size)])
+        fr = jnp.concatenate([f(reconstructed[i:i + batch_size])
+                              for i in range(0, len(acts), batch_size)])
     rel = jnp.mean(jnp.abs(fa - fr) / (jnp.abs(fa) + 1e-4), axis=0)
     out = {"relative_logit_error": np.asarray(rel),
            "agreement": float(jnp.mean(jnp.argmax(fa, -1) == jnp.argmax(fr, -1)))}

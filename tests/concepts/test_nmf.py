@@ -102,3 +102,24 @@ def test_ice_recovers_planted_factorisation_and_fidelity():
     assert bad["relative_logit_error"].mean() > 10 * fid["relative_logit_error"].mean()
     with pytest.raises(InputError, match="channels"):
         ice_transform(ice, A[..., :-1])
+
+
+def test_fidelity_through_a_model_layer_and_its_errors():
+    from flax import nnx
+
+    from repsim_jax.models import activations, build
+    m = build("small_vgg", num_classes=4, rngs=nnx.Rngs(0), input_shape=(16, 16, 3))
+    x = np.random.default_rng(1).uniform(size=(6, 16, 16, 3)).astype(np.float32)
+    A = activations(m, x, ["features.6"])["features.6"]                    # (6, 4, 4, 32)
+    same = fidelity(m, A, A, layer="features.6", images=x)
+    assert same["agreement"] == 1.0 and np.all(same["relative_logit_error"] == 0)
+    half = fidelity(m, A, 0.5 * A, layer="features.6", images=x)
+    assert half["relative_logit_error"].max() > 1e-3
+    with pytest.raises(InputError, match="needs the images"):
+        fidelity(m, A, A, layer="features.6")
+    with pytest.raises(InputError, match="5 inputs but acts has 6"):
+        fidelity(m, A, A, layer="features.6", images=x[:5])
+    with pytest.raises(KeyError, match="unknown layer to replace 'features.66'"):
+        fidelity(m, A, A, layer="features.66", images=x)
+    with pytest.raises(InputError, match="head must be callable"):
+        fidelity(None, A, A)
