@@ -14,7 +14,7 @@ from flax import nnx
 
 from repsim_jax._checks import InputError, unknown_name
 from repsim_jax.models.alexnet import alexnet
-from repsim_jax.models.capture import activations, forward, layer_shapes, list_layers, tap
+from repsim_jax.models.capture import Taps, activations, forward, layer_shapes, list_layers, tap
 from repsim_jax.models.mtcnn import (ONet, PNet, RNet, fetch_mtcnn_weights, load_mtcnn,
                                      mtcnn_normalize)
 from repsim_jax.models.port import (PortError, UnsafeWeightsError, WeightsFileError,
@@ -23,7 +23,7 @@ from repsim_jax.models.port import (PortError, UnsafeWeightsError, WeightsFileEr
 from repsim_jax.models.resnet import resnet18, resnet34, resnet50
 from repsim_jax.models.vgg import vgg11, vgg11_bn, vgg16, vgg16_bn
 
-__all__ = ["activations", "forward", "layer_shapes", "list_layers", "tap", "build",
+__all__ = ["activations", "forward", "layer_shapes", "list_layers", "tap", "Taps", "build",
            "model_names", "load_state_dict", "port_torchvision", "export_state_dict",
            "save_npz", "save_safetensors", "load_ported", "PortError", "WeightsFileError",
            "UnsafeWeightsError", "load_mtcnn", "fetch_mtcnn_weights", "mtcnn_normalize",
