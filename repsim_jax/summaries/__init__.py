@@ -11,8 +11,9 @@ from repsim_jax.summaries.cluster import (APResult, affinity_propagation, cluste
                                           ssim)
 from repsim_jax.summaries.masks import (SHARP_PASS, SMOOTH_PASS, MaskPass, MaskResult,
                                         optimise_masks)
-from repsim_jax.summaries.pipeline import (ClassSummary, SummaryResult, summarise_regions,
-                                           summary_purity, visual_summaries)
+from repsim_jax.summaries.pipeline import (PARTS, ClassSummary, SummaryResult, label_purity,
+                                           part_labels, summarise_regions, summary_purity,
+                                           visual_summaries)
 from repsim_jax.summaries.plots import save_masks, save_summaries, summary_strip
 from repsim_jax.summaries.regions import (Regions, binarise, candidate_regions, hog,
                                           region_similarity)
@@ -21,7 +22,7 @@ __all__ = [
     "APResult", "affinity_propagation", "cluster_members", "coherent_clusters",
     "pairwise_ssim", "shifted_similarity", "ssim", "SHARP_PASS", "SMOOTH_PASS", "MaskPass",
     "MaskResult", "optimise_masks", "ClassSummary", "SummaryResult", "summarise_regions",
-    "summary_purity",
+    "summary_purity", "PARTS", "part_labels", "label_purity",
     "visual_summaries", "save_masks", "save_summaries", "summary_strip", "Regions",
     "binarise", "candidate_regions", "hog", "region_similarity",
 ]

@@ -23,6 +23,10 @@ correctly), ``"empty_masks"`` (every mask collapsed to nothing deleted),
 ``"single_region"`` (one region in total: nothing to cluster), ``"no_recurring_cluster"``
 (every cluster lives in one image only), ``"ok"``. A warning accompanies each non-ok
 status.
+
+Scoring against ground truth (where per-pixel object / concept masks are known, e.g.
+``repsim_shapes``): :func:`summary_purity` (do a summary's regions show one concept),
+:func:`part_labels` + :func:`label_purity` (do they show the same part of an object).
 """
 from __future__ import annotations
 
@@ -38,7 +42,7 @@ from repsim_jax.summaries import masks as _masks
 from repsim_jax.summaries import regions as _regions
 
 __all__ = ["ClassSummary", "SummaryResult", "summarise_regions", "visual_summaries",
-           "summary_purity"]
+           "summary_purity", "PARTS", "part_labels", "label_purity"]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -259,3 +263,72 @@ def summary_purity(class_summary: ClassSummary, concept_masks, *, min_cover: flo
     purity = np.array([shows[g].mean(0).max() if len(g) else np.nan for g in groups])
     best = np.array([sel[shows[g].mean(0).argmax()] if len(g) else -1 for g in groups])
     return purity, best
+
+
+PARTS = ("whole", "top", "bottom", "left", "right")
+
+
+def part_labels(class_summary: ClassSummary, instance_map, *, min_object: float = 0.2,
+                whole: float = 0.6) -> np.ndarray:
+    r"""Which part of a ground-truth object each region of a class shows.
+
+    ``instance_map`` (N, H, W) int: the object instance covering each pixel (-1 = none),
+    aligned with the caller's images (the summary indexes them through ``image_indices``),
+    e.g. ``repsim_shapes``' ``object_map``. For a region with box :math:`B` let
+    :math:`k^* = \arg\max_k |B \cap O_k|` be its dominant instance. The region shows
+
+    * nothing (label -1) if :math:`|B \cap O_{k^*}| < ` ``min_object`` :math:`|B|`;
+    * the *whole* object (0, ``PARTS[0]``) if it covers more than ``whole`` of it,
+      :math:`|B \cap O_{k^*}| > ` ``whole`` :math:`|O_{k^*}|`;
+    * otherwise the object's top / bottom / left / right part (1-4): the side of the
+      object's centroid on which the box centre lies, along the axis of larger offset.
+
+    These are the "parts" a summary should show consistently across images (the paper's
+    head / legs / wings / tail). Box sums come from one summed-area table per instance.
+    Returns (R,) int labels indexing :data:`PARTS` (-1: no object).
+    """
+    cs = class_summary
+    inst = np.asarray(instance_map)
+    if inst.ndim != 3:
+        raise InputError(f"instance_map: expected (N, H, W) ints, got shape {inst.shape}")
+    if len(cs.regions) == 0:
+        return np.zeros(0, np.int64)
+    imgs = cs.image_indices[cs.regions.image_ids]
+    n_inst = int(max(inst.max() + 1, 1))
+    used, local = np.unique(imgs, return_inverse=True)
+    onehot = inst[used][..., None] == np.arange(n_inst)              # (n, H, W, K)
+    sat = np.pad(onehot.cumsum(1).cumsum(2), ((0, 0), (1, 0), (1, 0), (0, 0)))
+    y0, x0, y1, x1 = cs.regions.boxes.T
+    inside = (sat[local, y1, x1] - sat[local, y0, x1] - sat[local, y1, x0]
+              + sat[local, y0, x0])                                  # (R, K)
+    k = inside.argmax(1)
+    hit = inside[np.arange(len(k)), k]
+    area = (y1 - y0) * (x1 - x0)
+    size = onehot.sum((1, 2))                                        # (n, K) |O_k|
+    h, w = inst.shape[1:]
+    yy, xx = np.mgrid[:h, :w]
+    cy = np.einsum("nhwk,hw->nk", onehot, yy + 0.5) / np.maximum(size, 1)
+    cx = np.einsum("nhwk,hw->nk", onehot, xx + 0.5) / np.maximum(size, 1)
+    total = size[local, k]
+    dy, dx = (y0 + y1) / 2 - cy[local, k], (x0 + x1) / 2 - cx[local, k]
+    side = np.where(np.abs(dy) >= np.abs(dx), np.where(dy > 0, 2, 1), np.where(dx > 0, 4, 3))
+    labels = np.where(hit > whole * total, 0, side)
+    return np.where((hit >= min_object * area) & (hit > 0), labels, -1).astype(np.int64)
+
+
+def label_purity(labels, groups) -> np.ndarray:
+    r"""Purity of each group of regions under per-region ``labels`` (-1 = no label).
+
+    :math:`\mathrm{purity}(G) = \max_{l \ge 0} |\{r \in G : \ell_r = l\}| / |G|`: the
+    fraction of members sharing the group's most common label; unlabelled members (e.g.
+    regions on no object) count against it. Returns (len(groups),) (NaN for empty groups).
+    """
+    labels = np.asarray(labels)
+    out = np.full(len(groups), np.nan)
+    for i, g in enumerate(groups):
+        g = np.asarray(g, np.int64)
+        if g.size:
+            lab = labels[g]
+            lab = lab[lab >= 0]
+            out[i] = np.bincount(lab).max() / g.size if lab.size else 0.0
+    return out

@@ -116,3 +116,38 @@ def test_visual_summaries_class_without_correct_images():
     assert res.classes[1].status == "no_correct_images"
     with pytest.raises(InputError, match="labels"):
         pipeline.visual_summaries(logits_fn, imgs, np.array([0.5, 1, 1, 1]))
+
+
+def test_part_labels_and_label_purity():
+    # one 20 x 20 square object (instance 0) at rows/cols 10..29 in image 0, a second
+    # object (instance 1) at rows 0..3 in image 1
+    inst = np.full((2, 40, 40), -1)
+    inst[0, 10:30, 10:30] = 0
+    inst[1, 0:4, 30:40] = 1
+    boxes = np.array([[8, 8, 32, 32],      # whole object (covers 100% of it)
+                      [10, 10, 18, 30],    # top band, 40% of the object
+                      [22, 10, 30, 30],    # bottom band
+                      [10, 10, 30, 18],    # left band
+                      [10, 22, 30, 30],    # right band
+                      [30, 0, 40, 10],     # background only
+                      [0, 0, 40, 40],      # object fills 25% >= min_object 0.2: whole
+                      [0, 20, 10, 40]])    # image 1: instance 1 fills 40/200 = 0.2 -> whole
+    ids = np.array([0, 0, 0, 0, 0, 0, 0, 1])
+    reg = pipeline._regions.Regions(ids, boxes, np.zeros(len(ids), np.int8))
+    cs = pipeline.ClassSummary(0, "ok", "", np.array([0, 1]), reg, np.zeros((8, 8)),
+                               np.zeros(8, np.int64), [], np.zeros(0), np.zeros(0, bool),
+                               np.zeros(0, np.int64))
+    lab = pipeline.part_labels(cs, inst)
+    assert [pipeline.PARTS[i] if i >= 0 else None for i in lab] == [
+        "whole", "top", "bottom", "left", "right", None, "whole", "whole"]
+    assert pipeline.part_labels(cs, inst, min_object=0.3)[6] == -1   # 25% < 30%
+    assert pipeline.part_labels(cs, inst, whole=0.3)[1] == 0          # 40% > 30%: whole
+    # the caller's image indices are honoured: image 1 of the summary is caller image 0
+    swapped = pipeline.ClassSummary(0, "ok", "", np.array([1, 0]), reg, *[None] * 6)
+    assert pipeline.part_labels(swapped, inst[::-1]).tolist() == lab.tolist()
+    # purity: majority label share; unlabelled members count against it
+    pur = pipeline.label_purity(lab, [[0, 6, 7], [0, 1, 5], [1, 2, 3, 4], []])
+    np.testing.assert_allclose(pur[:3], [1.0, 1 / 3, 1 / 4])
+    assert np.isnan(pur[3])
+    with pytest.raises(InputError, match="instance_map"):
+        pipeline.part_labels(cs, inst[0])
