@@ -9,7 +9,8 @@ Three measurements (Schneider & Vlachos 2022, Sec. "Evaluation"):
   identical initial weights for every set) is trained on the decoded *training* images and
   tested on the decoded *test* images. ClaDec's claim: its reconstructions keep more class
   information than the auto-encoder's (higher accuracy) although the auto-encoder reconstructs
-  the input better (lower error). All decoded sets train as one vmapped step.
+  the input better (lower error). All decoded sets train in one jitted step (vmapped,
+  or unrolled on CPU: see :func:`~repsim_jax.cladec.train.map_members`).
 * **Saliency comparison** by a deletion test. A relevance map ``r (N, H, W)`` ranks pixels;
   deleting the top fraction ``f`` (replacing them by a baseline, by default the data set's
   mean image) and reading the classifier's probability of the true class,
@@ -36,7 +37,7 @@ from flax import nnx
 from repsim_jax._checks import InputError, as_float_array, check_same_length
 from repsim_jax.cladec.decoder import reinitialize
 from repsim_jax.cladec.train import (_check_labels, _logits, _stack, _taps, _with_mode,
-                                     check_images, frozen, train_members)
+                                     check_images, frozen, map_members, train_members)
 
 __all__ = ["reconstruction_error", "retrain_accuracy", "gradient_saliency", "difference_map",
            "deletion_curve", "saliency_comparison"]
@@ -71,12 +72,15 @@ def _sets(name, sets, n_ref=None):
 def retrain_accuracy(classifier: nnx.Module, train_sets: Mapping[str, np.ndarray], train_labels,
                      test_sets: Mapping[str, np.ndarray], test_labels, *, steps: int = 500,
                      batch_size: int = 64, lr: float = 1e-3, weight_decay: float = 0.0,
-                     seed: int = 0, progress: bool = True) -> dict[str, float]:
+                     seed: int = 0, progress: bool = True,
+                     member_map: str = "auto") -> dict[str, float]:
     """Test accuracy of a fresh ``classifier`` trained on each decoded training set.
 
     ``train_sets`` / ``test_sets``: ``{name: images}`` with the same names (e.g. ``"input"``,
     ``"cladec alpha=0.5"``, ``"ae"``). One fresh copy per name (same initial weights), all
-    trained in parallel; returns ``{name: accuracy on test_sets[name]}``.
+    trained in one step (``member_map``, see :func:`~repsim_jax.cladec.train.map_members`);
+    returns ``{name: accuracy on test_sets[name]}``. ``classifier`` may be any capture-convention
+    model taking these images (the paper retrains the explained classifier's architecture).
     """
     if set(train_sets) != set(test_sets):
         raise InputError(f"train_sets and test_sets name different sets: {sorted(train_sets)} "
@@ -100,7 +104,7 @@ def retrain_accuracy(classifier: nnx.Module, train_sets: Mapping[str, np.ndarray
         def member(p, r, x):
             _, logits, r = _taps(graphdef, p, r, x, ())
             return optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean(), r
-        return jax.vmap(member)(p, aux, mbatch["x"])
+        return map_members(member, p, aux, mbatch["x"], mode=member_map)
 
     params_k, rest_k, _ = train_members(
         loss_all, params_k, rest_k, {}, {"y": jnp.asarray(ytr)}, member_data={"x": xtr},

@@ -23,7 +23,11 @@ Parallelism: members (one decoder per ``(layer, alpha)``; one encoder+decoder pe
 the auto-encoder) whose code shapes agree are stacked along a leading axis and trained as one
 ``jax.vmap``: the loss is the sum of the members' losses, whose gradient w.r.t. the stacked
 parameters is each member's own gradient, and Adam (with PyTorch-style L2 weight decay) acts
-elementwise - so a sweep of ``K`` alphas costs one compiled step, not ``K``.
+elementwise - so a sweep of ``K`` alphas costs one compiled step, not ``K``. Members that own
+convolution kernels (the auto-encoders' fresh encoders) are mapped by :func:`map_members`,
+which unrolls them on XLA:CPU (vmapped per-member convolutions become slow grouped ones there).
+Steps run one jitted call each on CPU and in device-side ``lax.fori_loop`` blocks elsewhere
+(``step_loop`` of :func:`train_members`).
 
 Determinism and resumption: the batch of step ``t`` is slice ``t mod (N // B)`` of the
 permutation drawn from ``fold_in(key, t // (N // B))``, so a run depends only on its step
@@ -51,7 +55,7 @@ from repsim_jax.cladec.decoder import Decoder, reinitialize
 
 __all__ = ["CladecFit", "AutoencoderFit", "DecoderGroup", "fit_cladec", "fit_reference_ae",
            "reconstruct", "reconstruct_ae", "train_members", "check_images", "check_alphas",
-           "check_layers", "frozen"]
+           "check_layers", "frozen", "map_members"]
 
 
 # ----------------------------------------------------------------------------- checks
@@ -143,6 +147,30 @@ def _logits(graphdef, params, rest, x):
     return nnx.merge(graphdef, params, rest)(x)
 
 
+MEMBER_MAPS = ("auto", "vmap", "unroll")
+
+
+def map_members(fn: Callable, *args, mode: str = "auto"):
+    """``fn`` applied to each member (leading axis of every leaf of ``args``), outputs stacked.
+
+    ``"vmap"``: one ``jax.vmap``. ``"unroll"``: a trace-time loop of ``K`` static slices, i.e.
+    ``K`` copies of the member's graph in one jitted step. Members that own *convolution
+    kernels* (fresh encoders, retrained classifiers) need ``"unroll"`` on XLA:CPU: vmap turns
+    their convolutions into grouped convolutions whose gradient is ~5-10x slower per member
+    there (and ``lax.map`` is slower still), while accelerators run the grouped form well.
+    ``"auto"`` = ``"unroll"`` on the CPU backend, ``"vmap"`` elsewhere.
+    """
+    if mode not in MEMBER_MAPS:
+        raise unknown_name("member_map", mode, list(MEMBER_MAPS))
+    if mode == "auto":
+        mode = "unroll" if jax.default_backend() == "cpu" else "vmap"
+    if mode == "vmap":
+        return jax.vmap(fn)(*args)
+    k = int(jax.tree.leaves(args)[0].shape[0])
+    outs = [fn(*jax.tree.map(lambda a, i=i: a[i], args)) for i in range(k)]
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+
+
 # ----------------------------------------------------------------------------- generic trainer
 
 def _stack(trees):
@@ -176,7 +204,8 @@ def train_members(loss_all: Callable, params, aux, consts, data: dict, *, steps:
                   member_data: dict | None = None, checkpoint_dir: str | None = None,
                   checkpoint_every: int = 200, log_every: int = 10, progress: bool = True,
                   desc: str = "train", fingerprint: Any = None,
-                  callback: Callable[[int, np.ndarray], None] | None = None):
+                  callback: Callable[[int, np.ndarray], None] | None = None,
+                  step_loop: str = "auto"):
     """Trains ``K`` stacked members with Adam for ``steps`` steps; returns (params, aux, history).
 
     ``loss_all(params, aux, consts, batch, member_batch) -> (losses (K,), new_aux)`` computes
@@ -187,7 +216,16 @@ def train_members(loss_all: Callable, params, aux, consts, data: dict, *, steps:
     Optimiser: ``add_decayed_weights(weight_decay)`` then ``adam(lr)`` (PyTorch's Adam with
     ``weight_decay``). ``callback(step, losses)`` runs after each block (raising there
     interrupts the run; the checkpoint keeps the progress).
+    ``step_loop``: ``"fori"`` runs each block of ``log_every`` steps as one device-side
+    ``lax.fori_loop`` (one dispatch per block); ``"python"`` dispatches one jitted step at a
+    time (same numbers). On XLA:CPU convolution gradients inside a loop body run ~10x slower
+    than the same step called from Python (measured on the small VGG), so ``"auto"`` picks
+    ``"python"`` on the CPU backend and ``"fori"`` elsewhere.
     """
+    if step_loop not in ("auto", "fori", "python"):
+        raise unknown_name("step_loop", step_loop, ["auto", "fori", "python"])
+    if step_loop == "auto":
+        step_loop = "python" if jax.default_backend() == "cpu" else "fori"
     member_data = member_data or {}
     leaves = jax.tree.leaves(data)
     n = int(leaves[0].shape[0]) if leaves else int(jax.tree.leaves(member_data)[0].shape[1])
@@ -217,12 +255,24 @@ def train_members(loss_all: Callable, params, aux, consts, data: dict, *, steps:
         return params, aux, opt_state, acc + losses
 
     @jax.jit
-    def run_block(params, aux, opt_state, history, start, stop):
+    def run_fori(params, aux, opt_state, history, start, stop):
         acc = jnp.zeros((k,), jnp.float32)
         params, aux, opt_state, acc = jax.lax.fori_loop(
             start, stop, one_step, (params, aux, opt_state, acc))
         history = history.at[start // log_every].set(acc / (stop - start))
         return params, aux, opt_state, history
+
+    step_jit = jax.jit(one_step)
+
+    def run_python(params, aux, opt_state, history, start, stop):
+        carry = (params, aux, opt_state, jnp.zeros((k,), jnp.float32))
+        for t in range(start, stop):
+            carry = step_jit(jnp.asarray(t, jnp.int32), carry)
+        params, aux, opt_state, acc = carry
+        history = history.at[start // log_every].set(acc / (stop - start))
+        return params, aux, opt_state, history
+
+    run_block = run_fori if step_loop == "fori" else run_python
 
     state = {"params": params, "aux": aux, "opt": opt_state, "history": history}
     start = 0
@@ -388,12 +438,13 @@ def fit_cladec(model: nnx.Module, images, labels, layers: str | Sequence[str],
                batch_size: int = 64, lr: float = 3e-4, weight_decay: float = 1e-5,
                width: int = 64, seed: int = 0, checkpoint_dir: str | None = None,
                checkpoint_every: int = 200, log_every: int = 10, progress: bool = True,
-               callback: Callable | None = None) -> CladecFit:
+               callback: Callable | None = None, step_loop: str = "auto") -> CladecFit:
     """Trains one ClaDec decoder per ``(layer, alpha)`` for the frozen classifier ``model``.
 
     ``images``: NHWC in ``[0, 1]`` (the classifier's input range); ``labels``: class indices.
     All alphas of a layer - and all layers whose activations have the same shape - train as
     one vmapped step. ``model`` is never modified (its BN runs in evaluation mode).
+    ``step_loop``: see :func:`train_members`.
     Raises ``KeyError`` for an unknown layer and :class:`InputError` for alphas outside
     ``[0, 1]``, images outside ``[0, 1]`` or mismatched labels.
     """
@@ -444,7 +495,7 @@ def fit_cladec(model: nnx.Module, images, labels, layers: str | Sequence[str],
             weight_decay=weight_decay, seed=seed, checkpoint_dir=ckpt,
             checkpoint_every=checkpoint_every, log_every=log_every, progress=progress,
             desc=f"ClaDec {','.join(glayers)} x {len(alphas)} alpha", fingerprint=fp,
-            callback=callback)
+            callback=callback, step_loop=step_loop)
         groups.append(DecoderGroup(tuple(l for l, _ in members), tuple(a for _, a in members),
                                    code_shape, dec_graphdef, params, history))
     return CladecFit(groups, (cla_graphdef, cla_state), image_shape)
@@ -458,7 +509,8 @@ def fit_reference_ae(model: nnx.Module, images, layers: str | Sequence[str], *,
                      weight_decay: float = 1e-5, width: int = 64, seed: int = 0,
                      checkpoint_dir: str | None = None, checkpoint_every: int = 200,
                      log_every: int = 10, progress: bool = True,
-                     callback: Callable | None = None) -> AutoencoderFit:
+                     callback: Callable | None = None, member_map: str = "auto",
+                     step_loop: str = "auto") -> AutoencoderFit:
     """Reference auto-encoder per layer: fresh encoder up to ``layer`` + decoder, MSE only.
 
     The encoder is the classifier's architecture freshly initialised: by default
@@ -466,7 +518,8 @@ def fit_reference_ae(model: nnx.Module, images, layers: str | Sequence[str], *,
     an untrained model of the same architecture or a factory ``seed -> model`` (e.g.
     ``lambda s: repsim_jax.models.build(name, num_classes=k, rngs=nnx.Rngs(s))``). Its batch
     normalisation trains with batch statistics. Layers with equal activation shapes train as
-    one vmapped step (one encoder+decoder per layer).
+    one step (one encoder+decoder per layer), mapped over members by ``member_map`` (see
+    :func:`map_members`: on CPU the per-layer encoders are unrolled rather than vmapped).
     """
     check_images(images)
     image_shape = tuple(int(s) for s in images.shape[1:])
@@ -505,7 +558,7 @@ def fit_reference_ae(model: nnx.Module, images, layers: str | Sequence[str], *,
                 xh = _decode(dec_graphdef, p["decoder"], code)
                 return jnp.mean((xh - batch["x"]) ** 2), new_rest
 
-            return jax.vmap(member)(params, aux, consts["layer_idx"])
+            return map_members(member, params, aux, consts["layer_idx"], mode=member_map)
 
         params0 = {"encoder": enc_params, "decoder": dec_params}
         consts = {"layer_idx": jnp.arange(len(glayers), dtype=jnp.int32)}
@@ -518,7 +571,8 @@ def fit_reference_ae(model: nnx.Module, images, layers: str | Sequence[str], *,
             loss_all, params0, enc_rest, consts, data, steps=steps, batch_size=batch_size,
             lr=lr, weight_decay=weight_decay, seed=seed, checkpoint_dir=ckpt,
             checkpoint_every=checkpoint_every, log_every=log_every, progress=progress,
-            desc=f"reference AE {','.join(glayers)}", fingerprint=fp, callback=callback)
+            desc=f"reference AE {','.join(glayers)}", fingerprint=fp, callback=callback,
+            step_loop=step_loop)
         # the trained encoders, switched to evaluation mode for decoding
         eval_graphdef = _with_mode(fresh(seed), train_bn=False)[0]
         groups.append(DecoderGroup(tuple(glayers), tuple(float("nan") for _ in glayers),

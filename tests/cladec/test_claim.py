@@ -1,7 +1,6 @@
 """The seed's claim, measured: for the deepest layer, a classifier retrained on ClaDec
 reconstructions beats one retrained on the reference auto-encoder's reconstructions, while
 the auto-encoder reconstructs the input better."""
-import os
 from pathlib import Path
 
 import numpy as np
@@ -15,17 +14,19 @@ ALPHAS = (0.01, 0.1, 0.5)
 
 
 def claim_numbers(model, layer, xtr, ytr, xte, yte, *, alphas=ALPHAS, cladec_steps, ae_steps,
-                  retrain_steps, lr=1e-3, ae_lr=3e-3, batch_size=64):
+                  retrain_steps, lr=1e-3, ae_lr=3e-3, retrain_lr=1e-3, batch_size=64, seed=0):
     fit = fit_cladec(model, xtr, ytr, layer, alphas, steps=cladec_steps, lr=lr,
-                     batch_size=batch_size, progress=False)
+                     batch_size=batch_size, progress=False, seed=seed)
     ae = fit_reference_ae(model, xtr, layer, steps=ae_steps, lr=ae_lr, batch_size=batch_size,
-                          progress=False)
-    train_sets = {a: reconstruct(fit, xtr, layer, a) for a in alphas}
-    test_sets = {a: reconstruct(fit, xte, layer, a) for a in alphas}
-    train_sets["ae"], test_sets["ae"] = reconstruct_ae(ae, xtr, layer), reconstruct_ae(ae, xte,
-                                                                                        layer)
+                          progress=False, seed=seed)
+    n = len(xtr)
+    both = np.concatenate([xtr, xte])            # one decoding pass (one compile) per decoder
+    decoded = {a: reconstruct(fit, both, layer, a) for a in alphas}
+    decoded["ae"] = reconstruct_ae(ae, both, layer)
+    train_sets = {k: v[:n] for k, v in decoded.items()}
+    test_sets = {k: v[n:] for k, v in decoded.items()}
     acc = retrain_accuracy(model, train_sets, ytr, test_sets, yte, steps=retrain_steps,
-                           progress=False)
+                           lr=retrain_lr, batch_size=batch_size, progress=False, seed=seed)
     err = {k: reconstruction_error(xte, v) for k, v in test_sets.items()}
     return fit, ae, acc, err, test_sets
 
@@ -56,39 +57,45 @@ def test_claim_on_digits(digits, digits_classifier, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("REPSIM_CLADEC_CONCEPT"),
-                    reason="standalone ~90 s at load ~2, but under pytest (8 forced host "
-                           "devices, shared machine) it passed 400 s unfinished; set "
-                           "REPSIM_CLADEC_CONCEPT=1 to run (numbers in the docstring)")
-def test_claim_on_builtin_concept_data(tmp_path):
+def test_claim_on_builtin_concept_data():
     """The claim on the built-in shapes data, deepest hidden layer ``classifier.1`` of small_vgg.
 
-    Opt-in. Sized to fit ~90 s of a 2-core CPU when run as a script: 300 train / 400 test images (64x64), batch 16, one
-    alpha (0.1), 30 ClaDec / 30 AE / 30 retrain steps. Measured (7 classes, chance ~0.14):
+    ``classifier.1`` is the ReLU of the 64-unit hidden layer (``classifier.2`` are the
+    logits). 256 train / 256 test images (64x64, 7 classes, chance ~0.14), alpha 0.5, batch 32,
+    40 ClaDec steps (lr 3e-3), 40 reference-AE steps (lr 3e-3), and a fresh small_vgg retrained
+    for 60 steps (lr 1e-3) on each decoded training set. Measured (retrained test accuracy,
+    reconstruction error as sum of squares per test image):
 
-    ======  =======================  ===================================
-    set     retrained test accuracy  reconstruction error (sum sq/image)
-    ======  =======================  ===================================
-    0.1     0.260                    1530.8
-    ae      0.133                    964.2
-    ======  =======================  ===================================
+    ====  =================  =================  ===============  ===============
+    seed  ClaDec accuracy    AE accuracy        ClaDec error     AE error
+    ====  =================  =================  ===============  ===============
+    0     0.977              0.215              1598             838
+    1     0.984              0.305              1599             819
+    2     0.980              0.211              1572             950
+    ====  =================  =================  ===============  ===============
 
-    Time at load ~2.3 (compiles included): fit_cladec 12 s, fit_reference_ae 19 s,
-    reconstruct 10 s, retrain_accuracy 47 s. A larger run (500 train, batch 32, 30/60/30
-    steps) gave 0.443 vs 0.260 and errors 1541 vs 859 but took ~500 s at load ~10; the
-    original 1000-image / 3-alpha / 300-600-300-step configuration was never completed on CPU.
-    Every step is a forward/backward of the 64x64 VGG, so retraining dominates.
+    The ClaDec decoder paints what the classifier's code separates (class-typical colour and
+    shape cues) and the retrained net reads it; the AE's blurry mean-like reconstructions are
+    closer to the input yet keep little of the class. Asserted with wide margins (accuracy gap
+    >= 0.3, AE error <= 0.75 x ClaDec's). Wall time under pytest on 2 cores: 54 s at load ~2,
+    80-95 s at load ~7-8. On CPU the trainers dispatch one jitted step at a time and unroll
+    conv-owning members: a slightly larger run (300 images, 60/60/100 steps) took 965 s with
+    steps inside ``lax.fori_loop`` and 183 s without (load ~10).
     """
     zoo = pytest.importorskip("repsim_jax.models.zoo")
     shapes = pytest.importorskip("repsim_jax.data.shapes")
-    model, info = zoo.load_trained("small_vgg")
+    model, _ = zoo.load_trained("small_vgg")
     train, test = shapes.load("train"), shapes.load("test")
-    xtr, ytr = np.asarray(train.images[:300]), np.asarray(train.labels[:300])
-    xte, yte = np.asarray(test.images[:400]), np.asarray(test.labels[:400])
-    deepest = "classifier.1"         # the last hidden layer (classifier.2 are the logits)
-    fit, ae, acc, err, _ = claim_numbers(model, deepest, xtr, ytr, xte, yte, alphas=(0.1,),
-                                         cladec_steps=30, ae_steps=30, retrain_steps=30,
-                                         batch_size=16)
+    rng = np.random.default_rng(0)
+    itr = rng.choice(len(train.labels), 256, replace=False)
+    ite = rng.choice(len(test.labels), 256, replace=False)
+    xtr, ytr = np.asarray(train.images[itr]), np.asarray(train.labels[itr])
+    xte, yte = np.asarray(test.images[ite]), np.asarray(test.labels[ite])
+    deepest = "classifier.1"
+    fit, ae, acc, err, _ = claim_numbers(model, deepest, xtr, ytr, xte, yte, alphas=(0.5,),
+                                         cladec_steps=40, ae_steps=40, retrain_steps=60,
+                                         lr=3e-3, ae_lr=3e-3, retrain_lr=1e-3, batch_size=32)
     _report(f"shapes {deepest}", acc, err)
-    assert err["ae"] < 0.8 * err[0.1], err                      # AE reconstructs better
-    assert acc[0.1] > acc["ae"] + 0.05, acc                     # ClaDec keeps more class info
+    assert err["ae"] < 0.75 * err[0.5], err                     # AE reconstructs better
+    assert acc[0.5] > acc["ae"] + 0.3, acc                      # ClaDec keeps more class info
+    assert acc[0.5] > 0.8, acc                                  # ... most of it

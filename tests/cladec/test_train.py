@@ -134,3 +134,49 @@ def test_bad_input_errors(small):
         reconstruct(fit, x[:2], "fc1", 0.7)
     with pytest.raises(InputError, match="values must lie"):
         reconstruct(fit, x[:2] + 2, "fc1", 0.1)
+
+
+def test_member_map_unroll_equals_vmap_values_and_gradients(digits_net):
+    """Unrolled members (the CPU default for conv-owning members) compute what vmap does."""
+    from repsim_jax.cladec.train import _stack, _taps, _with_mode, map_members
+    from repsim_jax.cladec.decoder import reinitialize
+    nets = [_with_mode(reinitialize(digits_net(rngs=nnx.Rngs(0)), s), train_bn=True)
+            for s in (1, 2, 3)]
+    graphdef = nets[0][0]
+    params, rest = _stack([n[1] for n in nets]), _stack([n[2] for n in nets])
+    x = jax.random.uniform(jax.random.key(0), (3, 8, 16, 16, 1))     # one batch per member
+
+    def member(p, r, xb):
+        (code,), logits, r = _taps(graphdef, p, r, xb, ("features.1",))
+        return jax.numpy.mean(code ** 2) + jax.numpy.mean(logits ** 2), r
+
+    def total(p, mode):
+        losses, r = map_members(member, p, rest, x, mode=mode)
+        return losses.sum(), (losses, r)
+
+    out = {m: jax.value_and_grad(total, has_aux=True)(params, m) for m in ("vmap", "unroll")}
+    (lv, (losses_v, rest_v)), gv = out["vmap"]
+    (lu, (losses_u, rest_u)), gu = out["unroll"]
+    np.testing.assert_allclose(np.asarray(losses_u), np.asarray(losses_v), rtol=1e-5)
+    assert len(set(np.round(np.asarray(losses_u), 6))) == 3      # members really differ
+    for a, b in zip(jax.tree.leaves((gu, rest_u)), jax.tree.leaves((gv, rest_v))):
+        # (conv biases in front of BN have a zero gradient: float noise ~1e-6 both ways)
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+    assert max(float(np.abs(np.asarray(g)).max()) for g in jax.tree.leaves(gu)) > 1e-3
+    with pytest.raises(KeyError, match="member_map"):
+        map_members(member, params, rest, x, mode="pmap")
+
+
+def test_step_loops_agree_python_vs_fori(small):
+    """One dispatch per step (CPU default) and device-side fori_loop blocks: same run."""
+    model, x, y = small
+    kw = dict(steps=6, log_every=3, progress=False)
+    fits = {m: fit_cladec(model, x, y, "fc1", [0.0, 0.5], step_loop=m, **kw)
+            for m in ("python", "fori")}
+    a, b = (fits[m].groups[0] for m in ("python", "fori"))
+    for p, q in zip(jax.tree.leaves(a.decoder_params), jax.tree.leaves(b.decoder_params)):
+        np.testing.assert_allclose(np.asarray(p), np.asarray(q), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(a.history, b.history, rtol=1e-4)
+    assert a.history.shape == (2, 2) and np.all(np.isfinite(a.history))
+    with pytest.raises(KeyError, match="step_loop"):
+        fit_cladec(model, x, y, "fc1", 0.1, steps=1, step_loop="scan", progress=False)
