@@ -349,9 +349,9 @@ def adapt_cladec(unit, ctx) -> dict[str, Any]:
     (layer,) = unit.layers
     alpha = float(opts["alpha"])
     seed = ctx.seed(unit)
-    common = dict(steps=int(opts["steps"]), batch_size=min(int(opts["batch_size"]),
-                                                          len(images)),
-                  seed=seed, progress=False)
+    common = dict(steps=int(opts["steps"]), lr=float(opts["lr"]),
+                  batch_size=min(int(opts["batch_size"]), len(images)), seed=seed,
+                  progress=False)
     fit = fit_cladec(model, images, ctx.data.labels, [layer], [alpha], **common)
     ae = fit_ae(model, images, [layer], **common)
     rec = np.asarray(reconstruct(fit, images, layer, alpha), np.float32)
@@ -360,6 +360,7 @@ def adapt_cladec(unit, ctx) -> dict[str, Any]:
     grid = np.concatenate([images[:n_show], rec[:n_show], rec_ae[:n_show]])
     per_image = lambda r: ((r - images) ** 2).reshape(len(images), -1).sum(1)  # noqa: E731
     row = {"model": unit.model, "layer": layer, "alpha": alpha, "steps": int(opts["steps"]),
+           "lr": float(opts["lr"]),
            "sse_per_image_cladec": float(per_image(rec).mean()),
            "sse_per_image_ae": float(per_image(rec_ae).mean())}
     return {"arrays": {"reconstruction": rec, "reconstruction_ae": rec_ae, "grid": grid},
