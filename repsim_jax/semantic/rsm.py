@@ -158,16 +158,20 @@ def _ingraph_block(x, i0, j0, li, lj, t, matcher, opts, quality):
     return _finish_block(sub_perms, state, x.shape[-2], matcher, opts, quality)
 
 
-def default_block_bytes() -> int:
-    """Bytes of cost matrices per block: 32 MiB on CPU, 256 MiB on accelerators.
+def default_block_bytes(matcher: str = "exact") -> int:
+    """Bytes of cost matrices per block: on CPU 32 MiB (8 MiB for ``auction``), 256 MiB on
+    accelerators.
 
     Measured on the 2-core CPU (C=256, 3 kernels, quiet machine): N=64, S=196 exact 1.45 s
-    at 256 MiB vs 1.04 s at 32 MiB (auction 3.3 s vs 1.8 s, window 1.29 vs 0.87); N=16,
-    S=784 exact 1.86 vs 1.29 s. Smaller blocks stay in cache, overlap host solving with the
-    next block's products sooner, and (in-graph loops) wait for fewer stragglers; 8 MiB
-    was no better for exact and window. Accelerators want large batches.
+    at 256 MiB vs 1.04 s at 32 MiB (window 1.29 vs 0.87 s, auction 3.3 vs 1.8 s, and
+    1.41 s at 8 MiB); N=16, S=784 exact 1.86 vs 1.29 s. Smaller blocks stay in cache,
+    overlap host solving with the next block's products sooner, and (in-graph loops) wait
+    for fewer stragglers; 8 MiB was no better for exact and window. Accelerators want large
+    batches.
     """
-    return (32 << 20) if jax.default_backend() == "cpu" else (256 << 20)
+    if jax.default_backend() != "cpu":
+        return 256 << 20
+    return (8 << 20) if matcher == "auction" else (32 << 20)
 
 
 def _tile_size(n, s, L, max_block_bytes, block_pairs):
@@ -216,7 +220,7 @@ def pair_statistics(x, *, matcher: str = "exact", solver: str = "auto",
         raise unknown_name("solver", solver, ("host", "hungarian"))
     mesh = _mesh(devices)
     if max_block_bytes is None:
-        max_block_bytes = default_block_bytes()
+        max_block_bytes = default_block_bytes(matcher)
     t = _tile_size(n, s, L, max_block_bytes, block_pairs)
     nt = -(-n // t)
     if mesh is not None and nt * (nt + 1) // 2 < mesh.devices.size:
@@ -367,8 +371,8 @@ def rsm(reps, *, kernel: str | Sequence[str] = "cosine", matcher: str = "exact",
         or a positive number.
       drop_first_token: drop token 0 (e.g. a transformer's CLS token) from every set.
       **options: matcher options, and ``solver`` (``"auto"``, ``"host"``, ``"hungarian"``),
-        ``max_block_bytes`` (default :func:`default_block_bytes`: 32 MiB on CPU, 256 MiB
-        on accelerators), ``block_pairs``, ``devices`` (``"all"``, a
+        ``max_block_bytes`` (default :func:`default_block_bytes`: 32 MiB on CPU, 8 MiB
+        for the auction, 256 MiB on accelerators), ``block_pairs``, ``devices`` (``"all"``, a
         list of devices, a 1-D ``("pairs",)`` Mesh, or None), ``progress``.
 
     Returns:
