@@ -199,7 +199,7 @@ def _sparse_sinkhorn_prices(vals, idx, eps, iters):
     return -g
 
 
-def auction_matching(cost, *, k: int = 32, eps: float = 1e-3, init_iters: int = 3,
+def auction_matching(cost, *, k: int = 32, eps: float = 3e-3, init_iters: int = 1,
                      init_eps: float = 1e-2, bidders: int = 4, max_bids: int | None = None):
     r"""Approximate maximum matching of one (S, S) cost matrix by the auction algorithm.
 
@@ -214,8 +214,10 @@ def auction_matching(cost, *, k: int = 32, eps: float = 1e-3, init_iters: int = 
               - S\varepsilon   \quad(\text{in units of } \max|M|).
 
     Prices start at :math:`-g` from ``init_iters`` sparse log-domain Sinkhorn steps at
-    ``init_eps`` (near-dual prices; on ReLU-Gaussian costs at S=196 they halve the number of
-    bids). Each step pops up to ``bidders`` free rows, which bid at once against the same
+    ``init_eps`` (near-dual prices; on ReLU-Gaussian costs at S=196 one step halves the
+    number of bids). Defaults measured at N=64, S=196, C=256 on the 2-core CPU: eps 3e-3
+    and one Sinkhorn step gave quality 0.9991 at 1.05 s for the whole RSM (eps 1e-3 and three
+    steps: 0.9992 at 1.41 s; k=16: 0.998). Each step pops up to ``bidders`` free rows, which bid at once against the same
     prices (a small Jacobi auction: on one object only the highest bid wins, losers go
     back on the stack), cutting the number of sequential steps. Jit/vmap-able (vmapped,
     all pairs step in lock step until the last one is done); after ``max_bids`` (default
@@ -376,7 +378,7 @@ def _check_matcher(matcher: str, s: int, options: dict) -> dict:
         opts.setdefault("size", 128)
     if matcher == "auction":
         opts.setdefault("k", 32)
-        eps = opts.get("eps", 1e-3)
+        eps = opts.get("eps", 3e-3)
         if not (isinstance(eps, (int, float)) and 0 < eps < 1):
             raise InputError(f"matcher 'auction': option eps must be in (0, 1) (a fraction "
                              f"of max|M|), got {eps!r}")
