@@ -148,6 +148,17 @@ def _logits(graphdef, params, rest, x):
 
 
 MEMBER_MAPS = ("auto", "vmap", "unroll")
+STEP_LOOPS = ("auto", "fori", "python")
+
+
+def _backend_choice(option: str, value: str, choices, *, cpu: str, other: str) -> str:
+    """``value`` checked against ``choices``; ``"auto"`` becomes ``cpu`` on the XLA:CPU
+    backend and ``other`` on accelerators."""
+    if value not in choices:
+        raise unknown_name(option, value, list(choices))
+    if value == "auto":
+        return cpu if jax.default_backend() == "cpu" else other
+    return value
 
 
 def map_members(fn: Callable, *args, mode: str = "auto"):
@@ -160,10 +171,7 @@ def map_members(fn: Callable, *args, mode: str = "auto"):
     there (and ``lax.map`` is slower still), while accelerators run the grouped form well.
     ``"auto"`` = ``"unroll"`` on the CPU backend, ``"vmap"`` elsewhere.
     """
-    if mode not in MEMBER_MAPS:
-        raise unknown_name("member_map", mode, list(MEMBER_MAPS))
-    if mode == "auto":
-        mode = "unroll" if jax.default_backend() == "cpu" else "vmap"
+    mode = _backend_choice("member_map", mode, MEMBER_MAPS, cpu="unroll", other="vmap")
     if mode == "vmap":
         return jax.vmap(fn)(*args)
     k = int(jax.tree.leaves(args)[0].shape[0])
@@ -222,10 +230,7 @@ def train_members(loss_all: Callable, params, aux, consts, data: dict, *, steps:
     than the same step called from Python (measured on the small VGG), so ``"auto"`` picks
     ``"python"`` on the CPU backend and ``"fori"`` elsewhere.
     """
-    if step_loop not in ("auto", "fori", "python"):
-        raise unknown_name("step_loop", step_loop, ["auto", "fori", "python"])
-    if step_loop == "auto":
-        step_loop = "python" if jax.default_backend() == "cpu" else "fori"
+    step_loop = _backend_choice("step_loop", step_loop, STEP_LOOPS, cpu="python", other="fori")
     member_data = member_data or {}
     leaves = jax.tree.leaves(data)
     n = int(leaves[0].shape[0]) if leaves else int(jax.tree.leaves(member_data)[0].shape[1])

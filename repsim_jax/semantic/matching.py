@@ -28,9 +28,10 @@ Alignment for Neural Networks", and this project):
 * ``window``    - "batch-optimal": sort each side's rows by L2 norm (ascending), cut both
   orders into consecutive blocks of ``size`` and solve each block pair exactly. Exact when
   S <= size.
-* ``auction``   - Bertsekas' forward auction (Gauss-Seidel: one bid per pair per step,
-  vmapped over pairs) on a sparse candidate graph, warm-started with prices from a few
-  sparse Sinkhorn steps (:func:`auction_matching`). Epsilon-optimal on its candidate graph:
+* ``auction``   - Bertsekas' forward auction (Gauss-Seidel over small Jacobi rounds of up
+  to ``bidders`` free rows, vmapped over pairs) on a sparse candidate graph, warm-started
+  with prices from a few sparse Sinkhorn steps (:func:`auction_matching`). Epsilon-optimal
+  on its candidate graph,
   :math:`\sum_k M_{k\pi(k)} \ge \mathrm{OPT}_{cand} - S\,\varepsilon \max|M|`;
   with ``k >= S`` (every column a candidate) it is within :math:`S\varepsilon\max|M|` of
   the optimum, and exact for integer costs when :math:`S\varepsilon\max|M| < 1`.
@@ -63,8 +64,9 @@ from repsim_jax._checks import InputError, unknown_name
 
 __all__ = [
     "MATCHERS", "identity_matching", "greedy_matching", "sinkhorn_matching",
-    "hungarian_matching", "auction_matching", "solve_exact_host", "host_solver_name", "exact_matching",
-    "matched_score", "plan_subproblems", "assemble_permutation", "match",
+    "hungarian_matching", "auction_matching", "auction_candidates", "solve_exact_host",
+    "host_solver_name", "exact_matching", "matched_score", "plan_subproblems",
+    "assemble_permutation", "match",
 ]
 
 MATCHERS = ("identity", "exact", "greedy", "topk_greedy", "window", "sinkhorn", "auction")
@@ -153,7 +155,7 @@ def sinkhorn_matching(cost, *, eps_start: float = 0.3, eps_end: float = 3e-3,
 
 
 def auction_candidates(cost, k: int):
-    r"""Sparse candidate graph of one (S, S) problem: ``(vals, idx)``, both (S, G).
+    r"""Sparse candidate graph of one (S, S) problem: ``(vals, idx)``, both (S, G + 1).
 
     Costs are scaled to :math:`\hat M = M / \max|M|` and column-mean reduced,
     :math:`R_{ij} = \hat M_{ij} - \frac1S\sum_{i'} \hat M_{i'j}` (a constant per column,
@@ -161,9 +163,9 @@ def auction_candidates(cost, k: int):
     otherwise dominate every row). The columns are cut into G = ceil(S / ceil(S / k))
     consecutive groups and each row keeps its best column per group (one pass over the
     matrix, cheaper than a top-k on CPU), plus the diagonal as one extra candidate (value
-    -inf when it already is its group's best; a -inf candidate is never taken), so the identity is a perfect matching of the
-    candidate graph and the auction terminates.
-    With ``k >= S`` every column is a candidate (dense auction).
+    -inf when it already is its group's best; a -inf candidate is never taken), so the
+    identity is a perfect matching of the candidate graph and the auction terminates.
+    With ``k >= S`` every column is a candidate (dense auction, (S, S)).
     """
     s = cost.shape[-1]
     scale = jnp.maximum(jnp.max(jnp.abs(cost)), jnp.finfo(jnp.float32).tiny)
@@ -215,14 +217,16 @@ def auction_matching(cost, *, k: int = 32, eps: float = 3e-3, init_iters: int = 
 
     Prices start at :math:`-g` from ``init_iters`` sparse log-domain Sinkhorn steps at
     ``init_eps`` (near-dual prices; on ReLU-Gaussian costs at S=196 one step halves the
-    number of bids). Defaults measured at N=64, S=196, C=256 on the 2-core CPU: eps 3e-3
-    and one Sinkhorn step gave quality 0.9991 at 1.05 s for the whole RSM (eps 1e-3 and three
-    steps: 0.9992 at 1.41 s; k=16: 0.998). Each step pops up to ``bidders`` free rows, which bid at once against the same
-    prices (a small Jacobi auction: on one object only the highest bid wins, losers go
-    back on the stack), cutting the number of sequential steps. Jit/vmap-able (vmapped,
+    number of bids). Each step pops up to ``bidders`` free rows, which bid at once against
+    the same prices (a small Jacobi auction: on one object only the highest bid wins, losers
+    go back on the stack), cutting the number of sequential steps. Jit/vmap-able (vmapped,
     all pairs step in lock step until the last one is done); after ``max_bids`` (default
     50 S) steps any row still free takes a free column in index order, so the output is
     always a permutation. Returns ``perm`` (S,) int32.
+
+    Defaults measured at N=64, S=196, C=256 on the 2-core CPU: eps 3e-3 and one Sinkhorn
+    step gave quality 0.9991 at 1.05 s for the whole RSM (eps 1e-3 and three steps: 0.9992
+    at 1.41 s; k=16: 0.998).
     """
     cost = jnp.asarray(cost)
     s = cost.shape[-1]
@@ -378,8 +382,8 @@ def _check_matcher(matcher: str, s: int, options: dict) -> dict:
         opts.setdefault("size", 128)
     if matcher == "auction":
         opts.setdefault("k", 32)
-        eps = opts.get("eps", 3e-3)
-        if not (isinstance(eps, (int, float)) and 0 < eps < 1):
+        eps = opts.get("eps")            # absent: auction_matching's default
+        if "eps" in opts and not (isinstance(eps, (int, float)) and 0 < eps < 1):
             raise InputError(f"matcher 'auction': option eps must be in (0, 1) (a fraction "
                              f"of max|M|), got {eps!r}")
     for key in ("k", "size"):

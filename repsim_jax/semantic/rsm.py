@@ -363,7 +363,7 @@ def rsm(reps, *, kernel: str | Sequence[str] = "cosine", matcher: str = "exact",
         default 64), ``"window"`` (option ``size``, default 128), ``"sinkhorn"`` (options
         ``eps_start``, ``eps_end``, ``n_stages``, ``iters_per_stage``) or ``"auction"``
         (options ``k`` candidates per row, default 32, ``eps`` default 3e-3 of max|M|,
-        ``init_iters``, ``init_eps``, ``max_bids``).
+        ``init_iters``, ``init_eps``, ``bidders``, ``max_bids``).
         See :mod:`repsim_jax.semantic.matching`.
       return_quality: also return the (N, N) ratio matched score / exact score (1 on the
         diagonal and for ``exact``; <= 1 otherwise).
