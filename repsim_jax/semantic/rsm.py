@@ -35,10 +35,17 @@ and distance come from the cost matrix and the squared norms,
 :math:`s = \sum_k M_{k\pi(k)}`, :math:`d = \|X_i\|^2 + \|X_j\|^2 - 2s` (clipped at 0;
 float32 rounding of identical sets, :math:`d \le 10^{-6}(\|X_i\|^2 + \|X_j\|^2)`, is
 set to exactly 0 as the official aligned-vector difference gives).
+
+The auction (without ``return_quality``) has its own schedule, see ``_auction_device``:
+flat work items (layer, i, j), per-item batched matmuls in small chunks, one lane-scheduled
+auction per block (:func:`repsim_jax.semantic.matching.auction_lanes`), blocks solved by one
+host thread per core on CPU and ``shard_map``-ped over the devices.
 """
 from __future__ import annotations
 
 import functools
+import os
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Mapping, Sequence
 
 import jax
@@ -158,20 +165,123 @@ def _ingraph_block(x, i0, j0, li, lj, t, matcher, opts, quality):
     return _finish_block(sub_perms, state, x.shape[-2], matcher, opts, quality)
 
 
+# ------------------------------------------------------------------ auction (work items)
+# The auction has no exact sub-problems, and its cost per pair is very uneven, so it gets its
+# own schedule: the pairs of all layers are a flat list of work items (l, i, j); a block of
+# items is split over the devices (shard_map: every device runs its own loop); on a device,
+# chunks of items get their cost matrices (batched matmul) and candidate graphs (lax.map, one
+# chunk of cost matrices in memory at a time), then ONE lane-scheduled auction solves every
+# item of the block (matching.auction_lanes), and the matched score comes from the inputs,
+# s = sum_k <x_ik, x_j pi(k)>, so no cost matrix is kept.
+def _auction_device(x, sq, items, *, chunk, opts):
+    li, ii, jj = items[:, 0], items[:, 1], items[:, 2]
+    k = int(opts.get("k", 32))
+    pkeys = ("init_eps", "init_iters")
+    lkeys = ("eps", "bidders", "max_bids", "lanes")
+    split = lambda a: a.reshape(-1, chunk, *a.shape[1:])  # noqa: E731
+
+    def graph(c):
+        l, i, j = c
+        cost = jnp.einsum("psc,ptc->pst", x[l, i], x[l, j],
+                          precision=jax.lax.Precision.HIGHEST)
+        vals, idx = jax.vmap(functools.partial(_m.auction_candidates, k=k))(cost)
+        price = jax.vmap(functools.partial(
+            _m.auction_prices, **{q: v for q, v in opts.items() if q in pkeys}))(vals, idx)
+        return vals, idx, price
+
+    vals, idx, price = (a.reshape(-1, *a.shape[2:])
+                        for a in jax.lax.map(graph, (split(li), split(ii), split(jj))))
+    perm = _m.auction_lanes(vals, idx, price,
+                            **{q: v for q, v in opts.items() if q in lkeys})
+
+    def score(c):
+        l, i, j, pm = c
+        xb = jnp.take_along_axis(x[l, j], pm[..., None], axis=1)
+        return jnp.einsum("psc,psc->p", x[l, i], xb, precision=jax.lax.Precision.HIGHEST)
+
+    sim = jax.lax.map(score, (split(li), split(ii), split(jj), split(perm))).reshape(-1)
+    tot = sq[li, ii] + sq[li, jj]
+    dist = jnp.maximum(tot - 2.0 * sim, 0.0)
+    return sim, jnp.where(dist <= 1e-6 * tot, 0.0, dist)
+
+
+@functools.partial(jax.jit, static_argnames=("chunk", "opts", "mesh"))
+def _auction_block(x, sq, items, *, chunk, opts, mesh):
+    fn = functools.partial(_auction_device, chunk=chunk, opts=dict(opts))
+    if mesh is None:
+        return fn(x, sq, items)
+    ax = P(mesh.axis_names[0])
+    return jax.shard_map(fn, mesh=mesh, in_specs=(P(), P(), ax), out_specs=(ax, ax),
+                         check_vma=False)(x, sq, items)
+
+
+def _auction_statistics(x, opts, mesh, max_block_bytes, block_pairs, bar):
+    """sim, dist (L, P) of every pair i > j of every layer by the lane-scheduled auction."""
+    L, n, s, c = x.shape
+    ndev = 1 if mesh is None else mesh.devices.size
+    ii, jj = np.tril_indices(n, -1)
+    items = np.stack([np.repeat(np.arange(L), ii.size), np.tile(ii, L), np.tile(jj, L)],
+                     1).astype(np.int32)                                   # (L*P, 3)
+    opts = dict(opts)
+    cpu = jax.default_backend() == "cpu"
+    chunk = max(1, int(max_block_bytes) // (4 * s * s))        # cost matrices at once
+    kk = min(int(opts.get("k", 32)), s) + 1
+    # XLA:CPU runs one computation's loop on one core, so on CPU blocks are solved by as
+    # many host threads as there are cores (2016 pairs at S=196 on 2 cores: 0.95 s -> 0.6 s
+    # for the whole statistics); on accelerators two blocks in flight overlap the transfers
+    workers = (os.cpu_count() or 1) if cpu else 2
+    if block_pairs is not None:
+        nblocks = -(-len(items) // max(1, int(block_pairs)))
+    else:                            # one block per worker, candidate graphs <= 256 MiB each
+        cand = len(items) * 4 * s * (2 * kk + 4)
+        nblocks = max(min(workers, -(-len(items) // ndev)), -(-cand // (256 << 20)))
+    per_dev = -(-len(items) // (nblocks * ndev))                # even blocks, least padding
+    chunk = -(-per_dev // -(-per_dev // chunk))                 # even chunks
+    per_dev = -(-per_dev // chunk) * chunk
+    nblocks = -(-len(items) // (per_dev * ndev))
+    if opts.get("lanes") is None:    # CPU: a work queue over 64 lanes; accelerators: lock step
+        opts["lanes"] = 64 if cpu else per_dev
+    size = per_dev * ndev
+    pad = np.zeros((nblocks * size - len(items), 3), np.int32)
+    pad[:, 1] = 1                                                # a valid dummy pair (1, 0)
+    work = np.concatenate([items, pad])
+    if mesh is not None:
+        put = lambda v: jax.device_put(v, NamedSharding(mesh, P(mesh.axis_names[0])))  # noqa: E731
+    else:
+        put = jnp.asarray
+    sq = jnp.sum(x * x, -1).sum(-1)                                        # (L, N)
+    static = dict(chunk=chunk, opts=tuple(sorted(opts.items())), mesh=mesh)
+    bar.reset(total=nblocks)
+
+    def run(b):
+        res = _auction_block(x, sq, put(work[b * size:(b + 1) * size]), **static)
+        return tuple(np.asarray(r) for r in res)
+
+    sims, dists = [None] * nblocks, [None] * nblocks
+    with ThreadPoolExecutor(max(1, min(workers, nblocks))) as pool:
+        futures = {pool.submit(run, b): b for b in range(nblocks)}
+        for fut in as_completed(futures):
+            sims[futures[fut]], dists[futures[fut]] = fut.result()
+            bar.update()
+    sim = np.concatenate(sims)[:len(items)].reshape(L, ii.size)
+    dist = np.concatenate(dists)[:len(items)].reshape(L, ii.size)
+    return sim, dist
+
+
 def default_block_bytes(matcher: str = "exact") -> int:
-    """Bytes of cost matrices per block: on CPU 32 MiB (8 MiB for ``auction``), 256 MiB on
-    accelerators.
+    """Bytes of cost matrices computed at once: on CPU 32 MiB (4 MiB per thread for
+    ``auction``), 256 MiB on accelerators.
 
     Measured on the 2-core CPU (C=256, 3 kernels, quiet machine): N=64, S=196 exact 1.45 s
-    at 256 MiB vs 1.04 s at 32 MiB (window 1.29 vs 0.87 s, auction 3.3 vs 1.8 s, and
-    1.41 s at 8 MiB); N=16, S=784 exact 1.86 vs 1.29 s. Smaller blocks stay in cache,
-    overlap host solving with the next block's products sooner, and (in-graph loops) wait
-    for fewer stragglers; 8 MiB was no better for exact and window. Accelerators want large
-    batches.
+    at 256 MiB vs 1.04 s at 32 MiB (window 1.29 vs 0.87 s); N=16, S=784 exact 1.86 vs
+    1.29 s; the auction's statistics 0.58 s at 4 MiB vs 0.62 s at 8 and 0.80 s at 16 MiB.
+    Smaller blocks stay in cache, overlap host solving with the next block's products
+    sooner, and (in-graph loops) wait for fewer stragglers; 8 MiB was no better for exact
+    and window. Accelerators want large batches.
     """
     if jax.default_backend() != "cpu":
         return 256 << 20
-    return (8 << 20) if matcher == "auction" else (32 << 20)
+    return (4 << 20) if matcher == "auction" else (32 << 20)
 
 
 def _tile_size(n, s, L, max_block_bytes, block_pairs):
@@ -221,6 +331,13 @@ def pair_statistics(x, *, matcher: str = "exact", solver: str = "auto",
     mesh = _mesh(devices)
     if max_block_bytes is None:
         max_block_bytes = default_block_bytes(matcher)
+    if matcher == "auction" and not return_quality:
+        bar = tqdm(total=1, desc="semantic rsm (auction)", leave=False,
+                   disable={True: False, False: True, None: None}[progress])
+        sim, dist = _auction_statistics(x, opts, mesh, max_block_bytes, block_pairs, bar)
+        bar.close()
+        ii, jj = np.tril_indices(n, -1)
+        return ii, jj, sim, dist, None
     t = _tile_size(n, s, L, max_block_bytes, block_pairs)
     nt = -(-n // t)
     if mesh is not None and nt * (nt + 1) // 2 < mesh.devices.size:
@@ -363,7 +480,8 @@ def rsm(reps, *, kernel: str | Sequence[str] = "cosine", matcher: str = "exact",
         default 64), ``"window"`` (option ``size``, default 128), ``"sinkhorn"`` (options
         ``eps_start``, ``eps_end``, ``n_stages``, ``iters_per_stage``) or ``"auction"``
         (options ``k`` candidates per row, default 32, ``eps`` default 3e-3 of max|M|,
-        ``init_iters``, ``init_eps``, ``bidders``, ``max_bids``).
+        ``init_iters``, ``init_eps``, ``bidders``, ``max_bids``, ``lanes``: pairs stepping
+        together, default 64 on CPU, a whole block on accelerators).
         See :mod:`repsim_jax.semantic.matching`.
       return_quality: also return the (N, N) ratio matched score / exact score (1 on the
         diagonal and for ``exact``; <= 1 otherwise).
@@ -371,9 +489,10 @@ def rsm(reps, *, kernel: str | Sequence[str] = "cosine", matcher: str = "exact",
         or a positive number.
       drop_first_token: drop token 0 (e.g. a transformer's CLS token) from every set.
       **options: matcher options, and ``solver`` (``"auto"``, ``"host"``, ``"hungarian"``),
-        ``max_block_bytes`` (default :func:`default_block_bytes`: 32 MiB on CPU, 8 MiB
-        for the auction, 256 MiB on accelerators), ``block_pairs``, ``devices`` (``"all"``, a
-        list of devices, a 1-D ``("pairs",)`` Mesh, or None), ``progress``.
+        ``max_block_bytes`` (cost matrices at once; default :func:`default_block_bytes`:
+        32 MiB on CPU, 4 MiB for the auction, 256 MiB on accelerators), ``block_pairs``
+        (pairs per block), ``devices`` (``"all"``, a list of devices, a 1-D Mesh, or None),
+        ``progress``.
 
     Returns:
       (N, N) float64 array (or (L, N, N) when ``stacked``; a dict per layer for dict input;

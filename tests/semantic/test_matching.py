@@ -1,4 +1,7 @@
 """Matchers vs scipy's optimum, a sequential greedy, and their documented invariants."""
+import functools
+
+import jax
 import numpy as np
 import pytest
 from scipy.optimize import linear_sum_assignment
@@ -202,6 +205,32 @@ def test_auction_bid_cap_still_returns_a_permutation():
     assert _is_perm(perm)
 
 
+@pytest.mark.parametrize("lanes,max_bids", [(1, None), (3, None), (7, None), (40, None),
+                                            (3, 12)])
+def test_auction_lanes_equal_the_per_pair_auction(lanes, max_bids):
+    """The work-queue schedule only changes which pairs step together: every permutation
+    equals vmap(auction_matching) on the same pairs (also when capped mid-auction), for
+    fewer lanes than pairs (queue), one lane (sequential) and more lanes than pairs."""
+    rng = np.random.default_rng(11)
+    cost = np.concatenate([_relu_costs(rng, 12, 30)[0],
+                           rng.normal(size=(9, 30, 30)).astype(np.float32)])
+    opts = dict(k=8, eps=1e-3, bidders=3, max_bids=max_bids)
+    ref = np.asarray(jax.vmap(functools.partial(mt.auction_matching, **opts))(cost))
+    vals, idx = jax.vmap(functools.partial(mt.auction_candidates, k=8))(cost)
+    price = jax.vmap(mt.auction_prices)(vals, idx)
+    got = np.asarray(mt.auction_lanes(vals, idx, price, eps=1e-3, bidders=3,
+                                      max_bids=max_bids, lanes=lanes))
+    assert _is_perm(got)
+    np.testing.assert_array_equal(got, ref)
+    on_graph = (np.asarray(idx) == got[..., None]).any(-1)      # (P, S) chosen a candidate
+    if max_bids is None:            # finished auctions: no row was left to the fallback fill
+        assert on_graph.all()
+    else:                           # capped after 12 steps: the fill had to place rows
+        assert not on_graph.all()
+
+
 def test_auction_bad_eps():
     with pytest.raises(InputError, match="eps"):
         mt.match(np.zeros((1, 4, 4), np.float32), "auction", eps=2.0)
+    with pytest.raises(InputError, match="lanes"):
+        mt.match(np.zeros((1, 4, 4), np.float32), "auction", lanes=0)

@@ -7,7 +7,7 @@ import pytest
 from scipy.optimize import linear_sum_assignment
 
 from repsim_jax._checks import InputError
-from repsim_jax.semantic import rsm
+from repsim_jax.semantic import matching, rsm
 
 KERNELS = ("inner", "cosine", "rbf")
 
@@ -100,6 +100,42 @@ def test_sharded_over_8_devices_equals_single_device(monkeypatch):
             np.testing.assert_allclose(sharded[0][k], single[0][k], rtol=1e-6)
         np.testing.assert_allclose(sharded[1], single[1], rtol=1e-6)
     assert 8 in seen and 1 in seen          # both the sharded and the single-device path ran
+
+
+def test_auction_lanes_path_equals_per_pair_auction(monkeypatch):
+    """Without return_quality the auction runs on flat work items (layer, i, j) in blocks on
+    host threads, lane-scheduled; its RSMs equal the per-pair auction's on every pair
+    (matched scores from the inputs instead of the cost matrix: float32 rounding only), for
+    two stacked layers, several blocks and chunks, and on 8 devices (shard_map)."""
+    rsm_mod = importlib.import_module("repsim_jax.semantic.rsm")
+    calls = []
+
+    def spy(*a, _f=rsm_mod._auction_block, **k):
+        calls.append((k["mesh"] is not None, a[2].shape[0]))
+        return _f(*a, **k)
+    monkeypatch.setattr(rsm_mod, "_auction_block", spy)
+    rng = np.random.default_rng(12)
+    x = np.maximum(rng.normal(size=(2, 11, 20, 8)), 0).astype(np.float32)
+    ii, jj = np.tril_indices(11, -1)
+    opts = dict(k=6, eps=1e-3)
+    for devices, extra in [(None, dict(block_pairs=40, max_block_bytes=3 * 4 * 400)),
+                           ("all", dict(block_pairs=64))]:
+        calls.clear()
+        got = rsm(x, kernel=KERNELS, matcher="auction", stacked=True, devices=devices,
+                  **opts, **extra)
+        assert calls and all(mesh == (devices == "all") for mesh, _ in calls)
+        assert len(calls) == (3 if devices is None else 2)          # 110 items per block
+        for layer in range(2):
+            xa, xb = x[layer][ii], x[layer][jj]
+            cost = np.einsum("psc,ptc->pst", xa, xb)
+            perm = np.asarray(jax.vmap(lambda c: matching.auction_matching(c, **opts))(cost))
+            sim = np.take_along_axis(cost, perm[..., None], -1)[..., 0].sum(-1)
+            np.testing.assert_allclose(got["inner"][layer][ii, jj], sim, rtol=1e-5)
+            np.testing.assert_allclose(got["inner"][layer][jj, ii], sim, rtol=1e-5)
+        tile = rsm(x, kernel=KERNELS, matcher="auction", stacked=True, return_quality=True,
+                   devices=None, **opts)[0]             # the per-tile path (with quality)
+        for k in KERNELS:
+            np.testing.assert_allclose(got[k], tile[k], rtol=1e-5, atol=1e-7)
 
 
 def test_blocks_do_not_change_the_result():
