@@ -180,10 +180,20 @@ def _auction_device(x, sq, items, *, chunk, opts):
     lkeys = ("eps", "bidders", "max_bids", "lanes")
     split = lambda a: a.reshape(-1, chunk, *a.shape[1:])  # noqa: E731
 
+    low = jnp.dtype(opts.get("cost_dtype", "float32"))
+    hi = jax.lax.Precision.HIGHEST
+
     def graph(c):
         l, i, j = c
-        cost = jnp.einsum("psc,ptc->pst", x[l, i], x[l, j],
-                          precision=jax.lax.Precision.HIGHEST)
+        xa, xb = x[l, i], x[l, j]                                   # (chunk, S, C)
+        if low == jnp.float32:
+            cost = jnp.einsum("psc,ptc->pst", xa, xb, precision=hi)
+        else:   # (A - a)(B - b)^T differs from M by row/column constants, which the
+            # candidates' double centring removes anyway; centred inputs keep low precision
+            # relative to what varies between positions, not to shared offsets
+            ca = (xa - xa.mean(1, keepdims=True)).astype(low)
+            cb = (xb - xb.mean(1, keepdims=True)).astype(low)
+            cost = jnp.einsum("psc,ptc->pst", ca, cb, preferred_element_type=jnp.float32)
         vals, idx = jax.vmap(functools.partial(_m.auction_candidates, k=k))(cost)
         price = jax.vmap(functools.partial(
             _m.auction_prices, **{q: v for q, v in opts.items() if q in pkeys}))(vals, idx)
@@ -479,9 +489,11 @@ def rsm(reps, *, kernel: str | Sequence[str] = "cosine", matcher: str = "exact",
       matcher: ``"identity"``, ``"exact"``, ``"greedy"``, ``"topk_greedy"`` (option ``k``,
         default 64), ``"window"`` (option ``size``, default 128), ``"sinkhorn"`` (options
         ``eps_start``, ``eps_end``, ``n_stages``, ``iters_per_stage``) or ``"auction"``
-        (options ``k`` candidates per row, default 32, ``eps`` default 3e-3 of max|M|,
-        ``init_iters``, ``init_eps``, ``bidders``, ``max_bids``, ``lanes``: pairs stepping
-        together, default 64 on CPU, a whole block on accelerators).
+        (options ``k`` candidates per row, default 32, ``eps`` default 1e-2 of the costs'
+        row range, ``init_iters``, ``init_eps``, ``bidders``, ``max_bids``, ``lanes``: pairs
+        stepping together, default 64 on CPU, a whole block on accelerators;
+        ``cost_dtype="bfloat16"``: candidate costs from centred bfloat16 inputs, scores
+        still float32).
         See :mod:`repsim_jax.semantic.matching`.
       return_quality: also return the (N, N) ratio matched score / exact score (1 on the
         diagonal and for ``exact``; <= 1 otherwise).
