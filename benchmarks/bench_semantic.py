@@ -202,7 +202,8 @@ def main(argv=None):
     matchers = [("exact", {}), ("exact[scipy]", {}), ("exact[hungarian]", {"solver": "hungarian"}),
                 ("window", {"size": 128}), ("window[64]", {"size": 64}),
                 ("topk_greedy", {"k": 64}), ("greedy", {}), ("sinkhorn", {}),
-                ("auction", {}), ("identity", {})]
+                ("auction", {}), ("auction[bf16]", {"cost_dtype": "bfloat16"}),
+                ("identity", {})]
     if args.quick:
         configs = [(16, 49), (16, 196), (4, 784)]
     else:

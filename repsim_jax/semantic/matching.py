@@ -29,8 +29,9 @@ Alignment for Neural Networks", and this project):
   orders into consecutive blocks of ``size`` and solve each block pair exactly. Exact when
   S <= size.
 * ``auction``   - Bertsekas' forward auction (Gauss-Seidel over small Jacobi rounds of up
-  to ``bidders`` free rows, vmapped over pairs) on a sparse candidate graph, warm-started
-  with prices from a few sparse Sinkhorn steps (:func:`auction_matching`). Epsilon-optimal
+  to ``bidders`` free rows) on a sparse candidate graph, warm-started with prices from a
+  few sparse Sinkhorn steps (:func:`auction_matching`; many pairs at once on a work queue of
+  lanes, :func:`auction_lanes`, which ``rsm`` uses). Epsilon-optimal
   on its candidate graph,
   :math:`\sum_k M_{k\pi(k)} \ge \mathrm{OPT}_{cand} - S\,\varepsilon r` (r: the largest
   row range of the column-centred costs, :func:`auction_candidates`); with ``k >= S``
