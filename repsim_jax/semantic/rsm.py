@@ -36,10 +36,12 @@ and distance come from the cost matrix and the squared norms,
 float32 rounding of identical sets, :math:`d \le 10^{-6}(\|X_i\|^2 + \|X_j\|^2)`, is
 set to exactly 0 as the official aligned-vector difference gives).
 
-The auction (without ``return_quality``) has its own schedule, see ``_auction_device``:
-flat work items (layer, i, j), per-item batched matmuls in small chunks, one lane-scheduled
-auction per block (:func:`repsim_jax.semantic.matching.auction_lanes`), blocks solved by one
-host thread per core on CPU and ``shard_map``-ped over the devices.
+The auction (without ``return_quality``) has its own schedule, see ``_auction_statistics``:
+flat work items (layer, i, j), per-item batched matmuls in small chunks and candidate graphs
+on the device; bidding on the host (numba, :func:`~repsim_jax.semantic.matching.auction_host`,
+when installed, on CPU with one device) overlapping the next block's products, or in-graph on
+a work queue of lanes (:func:`~repsim_jax.semantic.matching.auction_lanes`; accelerators,
+meshes: ``shard_map`` over the devices); blocks run on one host thread per core on CPU.
 """
 from __future__ import annotations
 
@@ -173,36 +175,44 @@ def _ingraph_block(x, i0, j0, li, lj, t, matcher, opts, quality):
 # chunk of cost matrices in memory at a time), then ONE lane-scheduled auction solves every
 # item of the block (matching.auction_lanes), and the matched score comes from the inputs,
 # s = sum_k <x_ik, x_j pi(k)>, so no cost matrix is kept.
-def _auction_device(x, sq, items, *, chunk, opts):
+_PRICE_KEYS = ("init_eps", "init_iters")
+_BID_KEYS = ("eps", "bidders", "max_bids")
+
+
+def _auction_graph(x, items, *, chunk, opts):
+    """Candidate graphs and starting prices ``(vals, idx, price)`` of work items (B, 3)."""
     li, ii, jj = items[:, 0], items[:, 1], items[:, 2]
     k = int(opts.get("k", 32))
-    pkeys = ("init_eps", "init_iters")
-    lkeys = ("eps", "bidders", "max_bids", "lanes")
     split = lambda a: a.reshape(-1, chunk, *a.shape[1:])  # noqa: E731
-
     low = jnp.dtype(opts.get("cost_dtype", "float32"))
-    hi = jax.lax.Precision.HIGHEST
 
     def graph(c):
         l, i, j = c
         xa, xb = x[l, i], x[l, j]                                   # (chunk, S, C)
-        if low == jnp.float32:
-            cost = jnp.einsum("psc,ptc->pst", xa, xb, precision=hi)
-        else:   # (A - a)(B - b)^T differs from M by row/column constants, which the
-            # candidates' double centring removes anyway; centred inputs keep low precision
-            # relative to what varies between positions, not to shared offsets
+        centred = low != jnp.float32
+        if not centred:
+            cost = jnp.einsum("psc,ptc->pst", xa, xb, precision=jax.lax.Precision.HIGHEST)
+        else:   # (A - a)(B - b)^T is M less its column means and a constant per row (the
+            # candidates' column centring, done by the GEMM); centred inputs keep the
+            # rounding relative to what varies between positions, not to shared offsets
             ca = (xa - xa.mean(1, keepdims=True)).astype(low)
             cb = (xb - xb.mean(1, keepdims=True)).astype(low)
             cost = jnp.einsum("psc,ptc->pst", ca, cb, preferred_element_type=jnp.float32)
-        vals, idx = jax.vmap(functools.partial(_m.auction_candidates, k=k))(cost)
+        vals, idx = jax.vmap(functools.partial(_m.auction_candidates, k=k,
+                                               centred=centred))(cost)
         price = jax.vmap(functools.partial(
-            _m.auction_prices, **{q: v for q, v in opts.items() if q in pkeys}))(vals, idx)
+            _m.auction_prices, **{q: v for q, v in opts.items() if q in _PRICE_KEYS}))(
+                vals, idx)
         return vals, idx, price
 
-    vals, idx, price = (a.reshape(-1, *a.shape[2:])
-                        for a in jax.lax.map(graph, (split(li), split(ii), split(jj))))
-    perm = _m.auction_lanes(vals, idx, price,
-                            **{q: v for q, v in opts.items() if q in lkeys})
+    return tuple(a.reshape(-1, *a.shape[2:])
+                 for a in jax.lax.map(graph, (split(li), split(ii), split(jj))))
+
+
+def _auction_score(x, sq, items, perm, *, chunk):
+    """sim, dist of work items from their permutations: s = sum_k <x_ik, x_j pi(k)>."""
+    li, ii, jj = items[:, 0], items[:, 1], items[:, 2]
+    split = lambda a: a.reshape(-1, chunk, *a.shape[1:])  # noqa: E731
 
     def score(c):
         l, i, j, pm = c
@@ -215,6 +225,13 @@ def _auction_device(x, sq, items, *, chunk, opts):
     return sim, jnp.where(dist <= 1e-6 * tot, 0.0, dist)
 
 
+def _auction_device(x, sq, items, *, chunk, opts):
+    vals, idx, price = _auction_graph(x, items, chunk=chunk, opts=opts)
+    perm = _m.auction_lanes(vals, idx, price, **{q: v for q, v in opts.items()
+                                                 if q in _BID_KEYS + ("lanes",)})
+    return _auction_score(x, sq, items, perm, chunk=chunk)
+
+
 @functools.partial(jax.jit, static_argnames=("chunk", "opts", "mesh"))
 def _auction_block(x, sq, items, *, chunk, opts, mesh):
     fn = functools.partial(_auction_device, chunk=chunk, opts=dict(opts))
@@ -225,8 +242,18 @@ def _auction_block(x, sq, items, *, chunk, opts, mesh):
                          check_vma=False)(x, sq, items)
 
 
-def _auction_statistics(x, opts, mesh, max_block_bytes, block_pairs, bar):
-    """sim, dist (L, P) of every pair i > j of every layer by the lane-scheduled auction."""
+@functools.partial(jax.jit, static_argnames=("chunk", "opts"))
+def _auction_graph_jit(x, items, *, chunk, opts):
+    return _auction_graph(x, items, chunk=chunk, opts=dict(opts))
+
+
+_auction_score_jit = jax.jit(_auction_score, static_argnames=("chunk",))
+
+
+def _auction_statistics(x, opts, mesh, max_block_bytes, block_pairs, bar, host):
+    """sim, dist (L, P) of every pair i > j of every layer by the auction: bidding on the
+    host (numba, :func:`~repsim_jax.semantic.matching.auction_host`) when ``host``, else
+    in-graph on lanes (:func:`~repsim_jax.semantic.matching.auction_lanes`)."""
     L, n, s, c = x.shape
     ndev = 1 if mesh is None else mesh.devices.size
     ii, jj = np.tril_indices(n, -1)
@@ -242,9 +269,12 @@ def _auction_statistics(x, opts, mesh, max_block_bytes, block_pairs, bar):
     workers = (os.cpu_count() or 1) if cpu else 2
     if block_pairs is not None:
         nblocks = -(-len(items) // max(1, int(block_pairs)))
-    else:                            # one block per worker, candidate graphs <= 256 MiB each
+    else:   # lanes: one block per worker (each block ends with a tail of draining lanes);
+        # host: 2 per worker, so that one block's bidding overlaps the next one's products;
+        # candidate graphs <= 256 MiB per block
         cand = len(items) * 4 * s * (2 * kk + 4)
-        nblocks = max(min(workers, -(-len(items) // ndev)), -(-cand // (256 << 20)))
+        nblocks = max(min((2 if host else 1) * workers, -(-len(items) // ndev)),
+                      -(-cand // (256 << 20)))
     per_dev = -(-len(items) // (nblocks * ndev))                # even blocks, least padding
     chunk = -(-per_dev // -(-per_dev // chunk))                 # even chunks
     per_dev = -(-per_dev // chunk) * chunk
@@ -264,7 +294,14 @@ def _auction_statistics(x, opts, mesh, max_block_bytes, block_pairs, bar):
     bar.reset(total=nblocks)
 
     def run(b):
-        res = _auction_block(x, sq, put(work[b * size:(b + 1) * size]), **static)
+        block = put(work[b * size:(b + 1) * size])
+        if not host:
+            res = _auction_block(x, sq, block, **static)
+        else:                        # device: products, candidates; host: bidding (no GIL)
+            graph = _auction_graph_jit(x, block, chunk=chunk, opts=static["opts"])
+            perm = _m.auction_host(*(np.asarray(a) for a in graph),
+                                   **{q: v for q, v in opts.items() if q in _BID_KEYS})
+            res = _auction_score_jit(x, sq, block, jnp.asarray(perm), chunk=chunk)
         return tuple(np.asarray(r) for r in res)
 
     sims, dists = [None] * nblocks, [None] * nblocks
@@ -342,9 +379,12 @@ def pair_statistics(x, *, matcher: str = "exact", solver: str = "auto",
     if max_block_bytes is None:
         max_block_bytes = default_block_bytes(matcher)
     if matcher == "auction" and not return_quality:
+        # bidding on the host (numba) on CPU with one device; in-graph lanes otherwise
+        host = solver == "host" and mesh is None and _m.host_auction_available()
         bar = tqdm(total=1, desc="semantic rsm (auction)", leave=False,
                    disable={True: False, False: True, None: None}[progress])
-        sim, dist = _auction_statistics(x, opts, mesh, max_block_bytes, block_pairs, bar)
+        sim, dist = _auction_statistics(x, opts, mesh, max_block_bytes, block_pairs, bar,
+                                        host)
         bar.close()
         ii, jj = np.tril_indices(n, -1)
         return ii, jj, sim, dist, None
@@ -500,7 +540,9 @@ def rsm(reps, *, kernel: str | Sequence[str] = "cosine", matcher: str = "exact",
       sigma: rbf bandwidth rule (``"lower_median"`` = official, ``"median"``, ``"mean"``)
         or a positive number.
       drop_first_token: drop token 0 (e.g. a transformer's CLS token) from every set.
-      **options: matcher options, and ``solver`` (``"auto"``, ``"host"``, ``"hungarian"``),
+      **options: matcher options, and ``solver`` (``"auto"``, ``"host"``, ``"hungarian"``:
+        where exact sub-problems are solved; for the auction ``"host"`` = numba bidding,
+        ``"hungarian"`` = in-graph lanes),
         ``max_block_bytes`` (cost matrices at once; default :func:`default_block_bytes`:
         32 MiB on CPU, 4 MiB for the auction, 256 MiB on accelerators), ``block_pairs``
         (pairs per block), ``devices`` (``"all"``, a list of devices, a 1-D Mesh, or None),

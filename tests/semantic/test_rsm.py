@@ -118,7 +118,8 @@ def test_auction_lanes_path_equals_per_pair_auction(monkeypatch):
     x = np.maximum(rng.normal(size=(2, 11, 20, 8)), 0).astype(np.float32)
     ii, jj = np.tril_indices(11, -1)
     opts = dict(k=6, eps=1e-3)
-    for devices, extra in [(None, dict(block_pairs=40, max_block_bytes=3 * 4 * 400)),
+    for devices, extra in [(None, dict(block_pairs=40, max_block_bytes=3 * 4 * 400,
+                                       solver="hungarian")),       # in-graph: the lanes
                            ("all", dict(block_pairs=64))]:
         calls.clear()
         got = rsm(x, kernel=KERNELS, matcher="auction", stacked=True, devices=devices,
@@ -136,6 +137,13 @@ def test_auction_lanes_path_equals_per_pair_auction(monkeypatch):
                    devices=None, **opts)[0]             # the per-tile path (with quality)
         for k in KERNELS:
             np.testing.assert_allclose(got[k], tile[k], rtol=1e-5, atol=1e-7)
+    if matching.host_auction_available():     # bidding on the host (numba): same RSMs
+        calls.clear()
+        host = rsm(x, kernel=KERNELS, matcher="auction", stacked=True, devices=None,
+                   block_pairs=40, **opts)
+        assert not calls                       # the in-graph lanes did not run
+        for k in KERNELS:
+            np.testing.assert_allclose(host[k], got[k], rtol=1e-6, atol=1e-7)
 
 
 def test_auction_bfloat16_costs_keep_quality_also_with_offsets():
