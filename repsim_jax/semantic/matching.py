@@ -67,7 +67,8 @@ from repsim_jax._checks import InputError, unknown_name
 __all__ = [
     "MATCHERS", "identity_matching", "greedy_matching", "sinkhorn_matching",
     "hungarian_matching", "auction_matching", "auction_candidates", "auction_prices",
-    "auction_lanes", "auction_host", "host_auction_available", "solve_exact_host",
+    "auction_lanes", "auction_host", "host_auction_available", "auction_cost_dtype",
+    "solve_exact_host",
     "host_solver_name", "exact_matching", "matched_score", "plan_subproblems",
     "assemble_permutation", "match",
 ]
@@ -160,8 +161,10 @@ def sinkhorn_matching(cost, *, eps_start: float = 0.3, eps_end: float = 3e-3,
 def auction_candidates(cost, k: int, *, centred: bool = False):
     r"""Sparse candidate graph of one (S, S) problem: ``(vals, idx)``, both (S, G + 1).
 
-    The columns are cut into G = ceil(S / ceil(S / k)) consecutive groups and each row keeps
-    its best column per group (one pass over the matrix, cheaper than a top-k on CPU), plus
+    The columns are dealt into G = ceil(S / ceil(S / k)) strided groups (group g: columns g,
+    g + G, g + 2G, ...; strided rather than consecutive, so that spatially clustered strong
+    positions spread over the groups) and each row keeps its best column per group (one pass
+    over the matrix, cheaper than a top-k on CPU), plus
     the diagonal as one extra candidate (value -inf when it already is its group's best; a
     -inf candidate is never taken), so the identity is a perfect matching of the candidate
     graph and the auction terminates. With ``k >= S`` every column is a candidate (dense
@@ -189,13 +192,13 @@ def auction_candidates(cost, k: int, *, centred: bool = False):
     width = -(-s // k)
     groups = -(-s // width)
     key = jnp.pad(m, ((0, 0), (0, groups * width - s)), constant_values=-jnp.inf)
-    key = key.reshape(s, groups, width)
+    key = key.reshape(s, width, groups)           # group g: columns g, g + G, g + 2G, ...
     # argmax, not an equality test against key.max(): under jit + vmap XLA may compute the
-    # centred values in two fusions, and a bitwise mismatch gave out-of-group indices
-    pos = jnp.argmax(key, -1)
-    best = jnp.take_along_axis(key, pos[..., None], -1)[..., 0]
+    # centred values in two fusions, and a bitwise mismatch gave wrong indices
+    pos = jnp.argmax(key, 1)
+    best = jnp.take_along_axis(key, pos[:, None, :], 1)[:, 0, :]
+    idx = (pos * groups + jnp.arange(groups)).astype(jnp.int32)
     scale = jnp.maximum(jnp.max(best.max(1) - best.min(1)), tiny)
-    idx = (jnp.arange(groups) * width + pos).astype(jnp.int32)
     rows = jnp.arange(s, dtype=jnp.int32)
     diag = jnp.where((idx == rows[:, None]).any(1), -jnp.inf, jnp.diagonal(m))
     return (jnp.concatenate([best, diag[:, None]], 1) / scale,
@@ -499,6 +502,28 @@ def auction_host(vals, idx, prices, *, eps: float = 1e-2, bidders: int = 4,
     return np.asarray(jax.vmap(_complete)(out)) if (out < 0).any() else out
 
 
+@functools.lru_cache(maxsize=None)
+def auction_cost_dtype() -> str:
+    """The auction's ``cost_dtype="auto"``: ``"bfloat16"`` where matrix products in bfloat16
+    are native (GPU, TPU, CPUs with AVX512-BF16 or AMX), else ``"float32"``. (The default is
+    ``"float32"``: ``return_quality=True`` re-runs the auction on float32 cost matrices, so
+    its ratio describes the float32 candidates.)
+
+    Only the candidate costs the auction bids on are rounded, from position-centred inputs,
+    to a relative error ~2^-9 of what varies between positions, well inside the auction's own
+    epsilon (1e-2 of the costs' range); matched scores are always float32. Measured at N=64,
+    S=196, C=256 (2-core CPU with AMX): quality 0.99909 in both, 0.26 s vs 0.37 s.
+    """
+    if jax.default_backend() != "cpu":
+        return "bfloat16"
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((ln for ln in f if ln.startswith("flags")), "").split()
+    except OSError:
+        return "float32"
+    return "bfloat16" if {"avx512_bf16", "amx_bf16"} & set(flags) else "float32"
+
+
 def matched_score(cost, perm):
     """Sum of the matched entries, :math:`\\sum_k M_{k, \\pi(k)}` (batched over leading axes)."""
     return jnp.take_along_axis(cost, perm[..., None], axis=-1)[..., 0].sum(-1)
@@ -598,9 +623,11 @@ def _check_matcher(matcher: str, s: int, options: dict) -> dict:
         if "eps" in opts and not (isinstance(eps, (int, float)) and 0 < eps < 1):
             raise InputError(f"matcher 'auction': option eps must be in (0, 1) (a fraction "
                              f"of the cost's row range), got {eps!r}")
-        if opts.get("cost_dtype", "float32") not in ("float32", "bfloat16", "float16"):
-            raise InputError(f"matcher 'auction': option cost_dtype must be 'float32', "
-                             f"'bfloat16' or 'float16', got {opts['cost_dtype']!r}")
+        if opts.get("cost_dtype", "float32") not in ("auto", "float32", "bfloat16", "float16"):
+            raise InputError(f"matcher 'auction': option cost_dtype must be 'auto', "
+                             f"'float32', 'bfloat16' or 'float16', got {opts['cost_dtype']!r}")
+        if opts.get("cost_dtype") == "auto":
+            opts["cost_dtype"] = auction_cost_dtype()
     for key in ("k", "size", "bidders", "lanes", "max_bids"):
         if opts.get(key) is not None and (int(opts[key]) != opts[key] or int(opts[key]) < 1):
             raise InputError(f"matcher {matcher!r}: option {key} must be a positive integer, "

@@ -242,6 +242,27 @@ def _auction_block(x, sq, items, *, chunk, opts, mesh):
                          check_vma=False)(x, sq, items)
 
 
+def _score_host_kernel(x, items, perm, out):  # pragma: no cover - compiled by numba
+    """out[b] = sum_k <x[l, i, k], x[l, j, perm[b, k]]> for work items b = (l, i, j):
+    float32 dot products per position, summed in float64."""
+    for b in range(items.shape[0]):
+        l, i, j = items[b, 0], items[b, 1], items[b, 2]
+        acc = 0.0
+        for k in range(perm.shape[1]):
+            q = perm[b, k]
+            t = np.float32(0.0)
+            for c in range(x.shape[3]):
+                t += x[l, i, k, c] * x[l, j, q, c]
+            acc += t
+        out[b] = acc
+
+
+@functools.lru_cache(maxsize=None)
+def _score_host():
+    import numba
+    return numba.njit(nogil=True, fastmath=True, cache=True)(_score_host_kernel)
+
+
 @functools.partial(jax.jit, static_argnames=("chunk", "opts"))
 def _auction_graph_jit(x, items, *, chunk, opts):
     return _auction_graph(x, items, chunk=chunk, opts=dict(opts))
@@ -290,6 +311,9 @@ def _auction_statistics(x, opts, mesh, max_block_bytes, block_pairs, bar, host):
     else:
         put = jnp.asarray
     sq = jnp.sum(x * x, -1).sum(-1)                                        # (L, N)
+    if host:
+        x_host = np.asarray(x)
+        sq_host = np.asarray(sq, np.float64)
     static = dict(chunk=chunk, opts=tuple(sorted(opts.items())), mesh=mesh)
     bar.reset(total=nblocks)
 
@@ -297,11 +321,16 @@ def _auction_statistics(x, opts, mesh, max_block_bytes, block_pairs, bar, host):
         block = put(work[b * size:(b + 1) * size])
         if not host:
             res = _auction_block(x, sq, block, **static)
-        else:                        # device: products, candidates; host: bidding (no GIL)
+        else:   # device: products, candidates; host (numba, no GIL): bidding and scores
             graph = _auction_graph_jit(x, block, chunk=chunk, opts=static["opts"])
             perm = _m.auction_host(*(np.asarray(a) for a in graph),
                                    **{q: v for q, v in opts.items() if q in _BID_KEYS})
-            res = _auction_score_jit(x, sq, block, jnp.asarray(perm), chunk=chunk)
+            items_b = work[b * size:(b + 1) * size]
+            sim = np.empty(len(items_b))
+            _score_host()(x_host, items_b, perm, sim)
+            tot = sq_host[items_b[:, 0], items_b[:, 1]] + sq_host[items_b[:, 0], items_b[:, 2]]
+            dist = np.maximum(tot - 2.0 * sim, 0.0)
+            res = (sim.astype(np.float32), np.where(dist <= 1e-6 * tot, 0.0, dist))
         return tuple(np.asarray(r) for r in res)
 
     sims, dists = [None] * nblocks, [None] * nblocks
@@ -316,19 +345,20 @@ def _auction_statistics(x, opts, mesh, max_block_bytes, block_pairs, bar, host):
 
 
 def default_block_bytes(matcher: str = "exact") -> int:
-    """Bytes of cost matrices computed at once: on CPU 32 MiB (4 MiB per thread for
+    """Bytes of cost matrices computed at once: on CPU 32 MiB (1 MiB per thread for
     ``auction``), 256 MiB on accelerators.
 
     Measured on the 2-core CPU (C=256, 3 kernels, quiet machine): N=64, S=196 exact 1.45 s
     at 256 MiB vs 1.04 s at 32 MiB (window 1.29 vs 0.87 s); N=16, S=784 exact 1.86 vs
-    1.29 s; the auction's statistics 0.58 s at 4 MiB vs 0.62 s at 8 and 0.80 s at 16 MiB.
+    1.29 s; the auction (host bidding) 0.37 s at 1 MiB vs 0.48 s at 4 MiB (bfloat16 costs
+    0.26 vs 0.38 s).
     Smaller blocks stay in cache, overlap host solving with the next block's products
     sooner, and (in-graph loops) wait for fewer stragglers; 8 MiB was no better for exact
     and window. Accelerators want large batches.
     """
     if jax.default_backend() != "cpu":
         return 256 << 20
-    return (4 << 20) if matcher == "auction" else (32 << 20)
+    return (1 << 20) if matcher == "auction" else (32 << 20)
 
 
 def _tile_size(n, s, L, max_block_bytes, block_pairs):
@@ -532,8 +562,10 @@ def rsm(reps, *, kernel: str | Sequence[str] = "cosine", matcher: str = "exact",
         (options ``k`` candidates per row, default 32, ``eps`` default 1e-2 of the costs'
         row range, ``init_iters``, ``init_eps``, ``bidders``, ``max_bids``, ``lanes``: pairs
         stepping together, default 64 on CPU, a whole block on accelerators;
-        ``cost_dtype="bfloat16"``: candidate costs from centred bfloat16 inputs, scores
-        still float32).
+        ``cost_dtype``: ``"float32"`` (default), ``"bfloat16"`` or ``"auto"`` (bfloat16
+        where native, :func:`~repsim_jax.semantic.matching.auction_cost_dtype`): candidate
+        costs from centred low-precision inputs, scores always float32; with
+        ``return_quality`` the per-pair path uses float32 costs).
         See :mod:`repsim_jax.semantic.matching`.
       return_quality: also return the (N, N) ratio matched score / exact score (1 on the
         diagonal and for ``exact``; <= 1 otherwise).
@@ -544,7 +576,7 @@ def rsm(reps, *, kernel: str | Sequence[str] = "cosine", matcher: str = "exact",
         where exact sub-problems are solved; for the auction ``"host"`` = numba bidding,
         ``"hungarian"`` = in-graph lanes),
         ``max_block_bytes`` (cost matrices at once; default :func:`default_block_bytes`:
-        32 MiB on CPU, 4 MiB for the auction, 256 MiB on accelerators), ``block_pairs``
+        32 MiB on CPU, 1 MiB for the auction, 256 MiB on accelerators), ``block_pairs``
         (pairs per block), ``devices`` (``"all"``, a list of devices, a 1-D Mesh, or None),
         ``progress``.
 
