@@ -314,8 +314,11 @@ def auction_matching(cost, *, k: int = 32, eps: float = 1e-2, init_iters: int = 
     always a permutation. Returns ``perm`` (S,) int32.
 
     Defaults measured at N=64, S=196, C=256 on the 2-core CPU (whole RSM): eps 1e-2 and one
-    Sinkhorn step at 4e-2 gave quality 0.9989 at 0.58-0.62 s (eps 3e-3: 0.9992 at 0.68 s;
-    eps 2e-2: 0.9984 at 0.61 s; k=16: 0.998).
+    Sinkhorn step at 4e-2 gave quality 0.9991 at 0.38 s (eps 3e-3: 0.9992, slower; eps
+    2e-2: 0.9984; k=16: 0.998). On trained CNN activations with spatially clustered strong
+    positions the candidate graph misses optimal pairs: small_vgg features.11 0.987,
+    features.7 (S=256) 0.905, worst pair 0.57 (dense, ``k >= S``: 0.975) - check with
+    ``rsm(..., return_quality=True)`` or use the exact matcher there.
     """
     cost = jnp.asarray(cost)
     vals, idx = auction_candidates(cost, int(k))
