@@ -198,8 +198,9 @@ def _auction_graph(x, items, *, chunk, opts):
             ca = (xa - xa.mean(1, keepdims=True)).astype(low)
             cb = (xb - xb.mean(1, keepdims=True)).astype(low)
             cost = jnp.einsum("psc,ptc->pst", ca, cb, preferred_element_type=jnp.float32)
-        vals, idx = jax.vmap(functools.partial(_m.auction_candidates, k=k,
-                                               centred=centred))(cost)
+        vals, idx = jax.vmap(functools.partial(
+            _m.auction_candidates, k=k, centred=centred,
+            dual_eps=float(opts.get("dual_eps", 0.05))))(cost)
         price = jax.vmap(functools.partial(
             _m.auction_prices, **{q: v for q, v in opts.items() if q in _PRICE_KEYS}))(
                 vals, idx)

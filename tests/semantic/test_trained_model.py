@@ -64,3 +64,15 @@ def test_translated_copies_keep_cosine_under_exact(trained):
     both = np.stack([rsm(reps[:24], kernel="inner", matcher=m) for m in ("exact", "identity")])
     assert compare(both, method="linear_cka")[0, 1] < 0.999
 
+
+
+def test_auction_quality_on_trained_activations(trained):
+    """Real activations have many near-equivalent strong positions; the auction's candidate
+    graph must still hold a near-optimal matching. Measured (64 images, features.11): mean
+    0.997, worst pair 0.976 with the dual-ranked candidates (0.994 / 0.92 without them)."""
+    model, data, activations = trained
+    reps = np.asarray(activations(model, data.images[:64], [LAYER])[LAYER])
+    _, q = rsm(reps, kernel="inner", matcher="auction", return_quality=True)
+    off = ~np.eye(64, dtype=bool)
+    assert q[off].mean() >= 0.99
+    assert q[off].min() >= 0.95
