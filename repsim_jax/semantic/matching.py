@@ -29,8 +29,9 @@ Alignment for Neural Networks", and this project):
   orders into consecutive blocks of ``size`` and solve each block pair exactly. Exact when
   S <= size.
 * ``auction``   - Bertsekas' forward auction (Gauss-Seidel over small Jacobi rounds of up
-  to ``bidders`` free rows) on a sparse candidate graph, warm-started with prices from a
-  few sparse Sinkhorn steps (:func:`auction_matching`; many pairs at once on a work queue of
+  to ``bidders`` free rows) on a sparse candidate graph ranked and warm-started by the
+  column potentials of one dense Sinkhorn step (:func:`auction_candidates`,
+  :func:`auction_matching`; many pairs at once on a work queue of
   lanes, :func:`auction_lanes`, which ``rsm`` uses). Epsilon-optimal
   on its candidate graph,
   :math:`\sum_k M_{k\pi(k)} \ge \mathrm{OPT}_{cand} - S\,\varepsilon r` (r: the largest
@@ -318,7 +319,8 @@ def auction_matching(cost, *, k: int = 32, eps: float = 1e-2, init_iters: int = 
 
     The candidate values already include the column potentials of one dense Sinkhorn step
     (``dual_eps``, :func:`auction_candidates`), i.e. near-dual prices, so prices start at 0;
-    ``init_iters`` sparse log-domain Sinkhorn steps at ``init_eps`` can add to that. Each step pops up to ``bidders`` free rows, which bid at once against
+    ``init_iters`` sparse log-domain Sinkhorn steps at ``init_eps`` can add to that.
+    Each step pops up to ``bidders`` free rows, which bid at once against
     the same prices (a small Jacobi auction: on one object only the highest bid wins, losers
     go back on the stack), cutting the number of sequential steps. Jit/vmap-able (vmapped,
     all pairs step in lock step until the last one is done; :func:`auction_lanes` runs many
