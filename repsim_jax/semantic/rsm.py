@@ -562,8 +562,8 @@ def rsm(reps, *, kernel: str | Sequence[str] = "cosine", matcher: str = "exact",
         ``eps_start``, ``eps_end``, ``n_stages``, ``iters_per_stage``) or ``"auction"``
         (options ``k`` candidates per row, default 32, ``eps`` default 1e-2 of the costs'
         row range, ``dual_eps``, ``init_iters``, ``init_eps``, ``bidders``, ``max_bids``,
-        ``lanes``: pairs
-        stepping together, default 64 on CPU, a whole block on accelerators;
+        ``lanes``: pairs stepping together, default 64 on CPU, a whole block on
+        accelerators;
         ``cost_dtype``: ``"float32"`` (default), ``"bfloat16"`` or ``"auto"`` (bfloat16
         where native, :func:`~repsim_jax.semantic.matching.auction_cost_dtype`): candidate
         costs from centred low-precision inputs, scores always float32; with
