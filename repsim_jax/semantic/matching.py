@@ -441,19 +441,17 @@ def _auction_host_kernel(vals, idx, prices, eps, m, limit, out):  # pragma: no c
             for b in range(cnt):
                 r = stack[top + cnt - 1 - b]
                 rows[b] = r
-                best = -np.inf
+                best = -np.inf            # best (first index on ties) and second best
+                second = -np.inf          # in one pass
                 kb = 0
                 for k in range(kk):
                     v = vals[p, r, k] - price[idx[p, r, k]]
                     if v > best:
+                        second = best
                         best = v
                         kb = k
-                second = -np.inf
-                for k in range(kk):
-                    if k != kb:
-                        v = vals[p, r, k] - price[idx[p, r, k]]
-                        if v > second:
-                            second = v
+                    elif v > second:
+                        second = v
                 if second < best - 2.0:
                     second = best - 2.0
                 j = idx[p, r, kb]
@@ -486,17 +484,19 @@ def _auction_host_kernel(vals, idx, prices, eps, m, limit, out):  # pragma: no c
 
 
 @functools.lru_cache(maxsize=None)
-def _host_auction_compiled():
+def numba_kernel(kernel, fastmath: bool = False):
+    """``kernel`` compiled by numba (no GIL, cached on disk), or None without numba (the
+    ``[fast]`` extra). Shared by the host auction and ``rsm``'s host scores."""
     try:
         import numba
     except ImportError:
         return None
-    return numba.njit(nogil=True, cache=True)(_auction_host_kernel)
+    return numba.njit(nogil=True, cache=True, fastmath=fastmath)(kernel)
 
 
 def host_auction_available() -> bool:
     """Whether :func:`auction_host` can run (numba installed: the ``[fast]`` extra)."""
-    return _host_auction_compiled() is not None
+    return numba_kernel(_auction_host_kernel) is not None
 
 
 def auction_host(vals, idx, prices, *, eps: float = 1e-2, bidders: int = 4,
@@ -506,15 +506,13 @@ def auction_host(vals, idx, prices, *, eps: float = 1e-2, bidders: int = 4,
     and run it on several threads). On the 2-core CPU, 2016 pairs at S=196: 0.10 s on one
     core vs 0.31 core-s for the XLA:CPU lanes. Needs numba (``pip install
     repsim_jax[fast]``)."""
-    kernel = _host_auction_compiled()
+    kernel = numba_kernel(_auction_host_kernel)
     if kernel is None:
         raise ImportError("auction_host needs numba: pip install 'repsim_jax[fast]'")
     vals = np.ascontiguousarray(vals, np.float32)
     idx = np.ascontiguousarray(idx, np.int32)
     prices = np.ascontiguousarray(prices, np.float32)
-    s = vals.shape[1]
-    eps, m, limit = float(eps), max(1, min(int(bidders), s)), (
-        int(max_bids) if max_bids is not None else 50 * s)
+    _, m, limit = _auction_defaults(vals.shape[1], eps, bidders, max_bids)
     out = np.empty(vals.shape[:2], np.int32)
     kernel(vals, idx, prices, np.float32(eps), m, limit, out)
     return np.asarray(jax.vmap(_complete)(out)) if (out < 0).any() else out

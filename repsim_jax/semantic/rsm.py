@@ -122,13 +122,17 @@ def _plan_tile(x, i0, j0, li, lj, t, matcher, opts, quality):
     return subs, (aux, cost, sqa.sum(-1), sqb.sum(-1))
 
 
+def _distance(sim, tot, xp=jnp):
+    """d = ||X_a||^2 + ||X_b||^2 - 2 s from s and tot = ||X_a||^2 + ||X_b||^2 (>= 0; float32
+    rounding of identical sets, d <= 1e-6 tot, is set to exactly 0). ``xp``: jnp or np."""
+    dist = xp.maximum(tot - 2.0 * sim, 0.0)
+    return xp.where(dist <= 1e-6 * tot, 0.0, dist)
+
+
 def _pair_stats(cost, sq_a, sq_b, perm):
-    """s = sum_k M[k, pi(k)] and d = ||X_a||^2 + ||X_b||^2 - 2 s (>= 0; float32 rounding of
-    identical sets, d <= 1e-6 (||X_a||^2 + ||X_b||^2), is set to exactly 0)."""
+    """s = sum_k M[k, pi(k)] and d (:func:`_distance`)."""
     sim = _m.matched_score(cost, perm)
-    tot = sq_a + sq_b
-    dist = jnp.maximum(tot - 2.0 * sim, 0.0)
-    return sim, jnp.where(dist <= 1e-6 * tot, 0.0, dist)
+    return sim, _distance(sim, sq_a + sq_b)
 
 
 def _finish_tile(sub_perms, state, s, matcher, opts, quality):
@@ -172,9 +176,10 @@ def _ingraph_block(x, i0, j0, li, lj, t, matcher, opts, quality):
 # own schedule: the pairs of all layers are a flat list of work items (l, i, j); a block of
 # items is split over the devices (shard_map: every device runs its own loop); on a device,
 # chunks of items get their cost matrices (batched matmul) and candidate graphs (lax.map, one
-# chunk of cost matrices in memory at a time), then ONE lane-scheduled auction solves every
-# item of the block (matching.auction_lanes), and the matched score comes from the inputs,
-# s = sum_k <x_ik, x_j pi(k)>, so no cost matrix is kept.
+# chunk of cost matrices in memory at a time), then the bidding for every item of the block
+# runs on the host (numba) or in ONE lane-scheduled auction (matching.auction_lanes), and
+# the matched score comes from the inputs, s = sum_k <x_ik, x_j pi(k)>, so no cost matrix
+# is kept.
 _PRICE_KEYS = ("init_eps", "init_iters")
 _BID_KEYS = ("eps", "bidders", "max_bids")
 
@@ -221,9 +226,7 @@ def _auction_score(x, sq, items, perm, *, chunk):
         return jnp.einsum("psc,psc->p", x[l, i], xb, precision=jax.lax.Precision.HIGHEST)
 
     sim = jax.lax.map(score, (split(li), split(ii), split(jj), split(perm))).reshape(-1)
-    tot = sq[li, ii] + sq[li, jj]
-    dist = jnp.maximum(tot - 2.0 * sim, 0.0)
-    return sim, jnp.where(dist <= 1e-6 * tot, 0.0, dist)
+    return sim, _distance(sim, sq[li, ii] + sq[li, jj])
 
 
 def _auction_device(x, sq, items, *, chunk, opts):
@@ -258,18 +261,9 @@ def _score_host_kernel(x, items, perm, out):  # pragma: no cover - compiled by n
         out[b] = acc
 
 
-@functools.lru_cache(maxsize=None)
-def _score_host():
-    import numba
-    return numba.njit(nogil=True, fastmath=True, cache=True)(_score_host_kernel)
-
-
 @functools.partial(jax.jit, static_argnames=("chunk", "opts"))
 def _auction_graph_jit(x, items, *, chunk, opts):
     return _auction_graph(x, items, chunk=chunk, opts=dict(opts))
-
-
-_auction_score_jit = jax.jit(_auction_score, static_argnames=("chunk",))
 
 
 def _auction_statistics(x, opts, mesh, max_block_bytes, block_pairs, bar, host):
@@ -319,19 +313,17 @@ def _auction_statistics(x, opts, mesh, max_block_bytes, block_pairs, bar, host):
     bar.reset(total=nblocks)
 
     def run(b):
-        block = put(work[b * size:(b + 1) * size])
+        items_b = work[b * size:(b + 1) * size]
         if not host:
-            res = _auction_block(x, sq, block, **static)
+            res = _auction_block(x, sq, put(items_b), **static)
         else:   # device: products, candidates; host (numba, no GIL): bidding and scores
-            graph = _auction_graph_jit(x, block, chunk=chunk, opts=static["opts"])
+            graph = _auction_graph_jit(x, put(items_b), chunk=chunk, opts=static["opts"])
             perm = _m.auction_host(*(np.asarray(a) for a in graph),
                                    **{q: v for q, v in opts.items() if q in _BID_KEYS})
-            items_b = work[b * size:(b + 1) * size]
             sim = np.empty(len(items_b))
-            _score_host()(x_host, items_b, perm, sim)
+            _m.numba_kernel(_score_host_kernel, fastmath=True)(x_host, items_b, perm, sim)
             tot = sq_host[items_b[:, 0], items_b[:, 1]] + sq_host[items_b[:, 0], items_b[:, 2]]
-            dist = np.maximum(tot - 2.0 * sim, 0.0)
-            res = (sim.astype(np.float32), np.where(dist <= 1e-6 * tot, 0.0, dist))
+            res = (sim.astype(np.float32), _distance(sim, tot, np))
         return tuple(np.asarray(r) for r in res)
 
     sims, dists = [None] * nblocks, [None] * nblocks
