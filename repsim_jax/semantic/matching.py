@@ -317,8 +317,9 @@ def auction_matching(cost, *, k: int = 32, eps: float = 1e-2, init_iters: int = 
     .. math:: \sum_k R_{k\pi(k)} \ge \max_{\sigma \in \mathrm{cand}} \sum_k R_{k\sigma(k)}
               - S\varepsilon   \quad(\text{in units of } r).
 
-    The candidate values already include the column potentials of one dense Sinkhorn step
-    (``dual_eps``, :func:`auction_candidates`), i.e. near-dual prices, so prices start at 0;
+    With ``k < S`` the candidate values already include the column potentials of one dense
+    Sinkhorn step (``dual_eps``, :func:`auction_candidates`; the dense graph, ``k >= S``,
+    has none), i.e. near-dual prices, so prices start at 0;
     ``init_iters`` sparse log-domain Sinkhorn steps at ``init_eps`` can add to that.
     Each step pops up to ``bidders`` free rows, which bid at once against
     the same prices (a small Jacobi auction: on one object only the highest bid wins, losers
