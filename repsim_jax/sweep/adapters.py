@@ -190,7 +190,7 @@ def adapt_invert(unit, ctx) -> dict[str, Any]:
     kw = {k: opts[k] for k in ("L", "B", "min_fraction", "max_fraction", "mode",
                                "limit_search", "reduction", "alternative") if k in opts}
     out = explain({l: acts[l] for l in unit.layers}, ctx.data.concept_labels,
-                  list(ctx.data.concept_names), devices=list(ctx.mesh.devices.flat), **kw)
+                  list(ctx.data.concept_names), mesh=ctx.mesh, **kw)
     rows, arrays, figures = [], {}, []
     for l in unit.layers:
         res = out[l]
