@@ -22,12 +22,13 @@ from repsim_jax.models.port import (PortError, UnsafeWeightsError, WeightsFileEr
                                     port_torchvision, save_npz, save_safetensors)
 from repsim_jax.models.resnet import resnet18, resnet34, resnet50
 from repsim_jax.models.vgg import vgg11, vgg11_bn, vgg16, vgg16_bn
+from repsim_jax.models.hf import build_hf, load_hf, save_hf
 
 __all__ = ["activations", "forward", "layer_shapes", "list_layers", "tap", "Taps", "build",
            "model_names", "load_state_dict", "port_torchvision", "export_state_dict",
            "save_npz", "save_safetensors", "load_ported", "PortError", "WeightsFileError",
            "UnsafeWeightsError", "load_mtcnn", "fetch_mtcnn_weights", "mtcnn_normalize",
-           "PNet", "RNet", "ONet"]
+           "PNet", "RNet", "ONet", "load_hf", "build_hf", "save_hf"]
 
 TORCHVISION_MODELS: dict[str, Callable] = {
     "resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50,
