@@ -14,6 +14,7 @@ from flax import nnx
 
 from repsim_jax._checks import InputError, unknown_name
 from repsim_jax.models.alexnet import alexnet
+from repsim_jax.models.googlenet import googlenet
 from repsim_jax.models.capture import Taps, activations, forward, layer_shapes, list_layers, tap
 from repsim_jax.models.mtcnn import (ONet, PNet, RNet, fetch_mtcnn_weights, load_mtcnn,
                                      mtcnn_normalize)
@@ -34,6 +35,7 @@ TORCHVISION_MODELS: dict[str, Callable] = {
     "resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50,
     "vgg11": vgg11, "vgg11_bn": vgg11_bn, "vgg16": vgg16, "vgg16_bn": vgg16_bn,
     "alexnet": alexnet,
+    "googlenet": googlenet,
 }
 
 
