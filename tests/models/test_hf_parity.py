@@ -263,3 +263,139 @@ def _convnext_blocks(model, pv):
     for stage in c.encoder.stages:
         out.append(stage(out[-1]))
     return out + [c.layernorm(out[-1].mean(axis=(1, 2))), model(pv)]
+
+
+# ----------------------------------------------------------------------------- errors
+
+def _copy(src, dst):
+    import shutil
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _edit_config(path, **changes):
+    cfg = json.loads((path / "config.json").read_text())
+    cfg.update(changes)
+    (path / "config.json").write_text(json.dumps(cfg))
+
+
+def test_clear_errors(vit, tmp_path):
+    _, src = vit
+    bad = _copy(src, tmp_path / "type")
+    _edit_config(bad, model_type="swin")
+    with pytest.raises(PortError, match=r"model_type 'swin' is not supported; known model "
+                                         r"types: vit, dinov2, dinov2_with_registers"):
+        hf.load_hf(bad)
+    bad = _copy(src, tmp_path / "arch")
+    _edit_config(bad, architectures=["ViTForMaskedImageModeling"])
+    with pytest.raises(PortError, match=r"'ViTForMaskedImageModeling'.*ViTModel, "
+                                         r"ViTForImageClassification"):
+        hf.load_hf(bad)
+    bad = _copy(src, tmp_path / "shape")
+    _edit_config(bad, intermediate_size=40)
+    with pytest.raises(PortError, match=r"mis-shaped tensors \(6\):.* encoder\.layer\.0\."
+                                         r"intermediate\.dense\.weight \(checkpoint \(48, 32\)"
+                                         r", model needs \(40, 32\)\)"):
+        hf.load_hf(bad)
+    bad = _copy(src, tmp_path / "missing")
+    sd = load_state_dict(bad / "model.safetensors")
+    del sd["encoder.layer.1.output.dense.weight"]
+    sd["encoder.layer.9.extra"] = np.zeros(3, np.float32)
+    save_safetensors(sd, bad / "model.safetensors")
+    with pytest.raises(PortError, match=r"(?s)missing tensors \(1\): encoder\.layer\.1\.output"
+                                         r"\.dense\.weight.*unexpected tensors \(1\): "
+                                         r"encoder\.layer\.9\.extra"):
+        hf.load_hf(bad)
+    bad = _copy(src, tmp_path / "trunc")
+    raw = (bad / "model.safetensors").read_bytes()
+    (bad / "model.safetensors").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(WeightsFileError, match=r"trunc/model\.safetensors.*truncated"):
+        hf.load_hf(bad)
+    (bad / "model.safetensors").unlink()
+    with pytest.raises(WeightsFileError, match="no model.safetensors"):
+        hf.load_hf(bad)
+    with pytest.raises(WeightsFileError, match="no such checkpoint directory"):
+        hf.load_hf(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(WeightsFileError, match="no config.json"):
+        hf.load_hf(tmp_path / "empty")
+    bad = _copy(src, tmp_path / "act")
+    _edit_config(bad, hidden_act="mish")
+    with pytest.raises(PortError, match=r"hidden_act = 'mish' is not supported; known: gelu"):
+        hf.load_hf(bad)
+
+
+# ----------------------------------------------------------------------------- preprocessing
+
+@pytest.mark.parametrize("cls,size,rule,pct,interp", [
+    ("ViTImageProcessorPil", (224, 224), "resize", 1.0, "bilinear"),
+    ("CLIPImageProcessorPil", (224, 224), "shorter_crop", 1.0, "bicubic"),
+    ("ConvNextImageProcessorPil", (384, 384), "resize", 1.0, "bicubic"),
+    ("BitImageProcessorPil", (224, 224), "shorter_crop", 1.0, "bicubic")])
+def test_preprocessor_config_becomes_preprocess(cls, size, rule, pct, interp, tmp_path):
+    proc = getattr(transformers, cls)()
+    proc.save_pretrained(tmp_path)
+    pre = hf.preprocess_from_hf(json.loads((tmp_path / "preprocessor_config.json").read_text()))
+    assert (pre.size, pre.resize, pre.crop_pct, pre.interpolation) == (size, rule, pct, interp)
+    # the normalisation equals the processor's on uint8 pixels (resize and crop off)
+    u8 = np.random.default_rng(0).integers(0, 256, (20, 24, 3), dtype=np.uint8)
+    ref = proc(images=[u8], do_resize=False, do_center_crop=False,
+               return_tensors="np")["pixel_values"][0].transpose(1, 2, 0)
+    np.testing.assert_allclose(pre.normalize(u8.astype(np.float32) / 255), ref, atol=1e-5)
+
+
+def test_preprocess_rules_from_real_checkpoint_configs():
+    # ConvNeXt at 224 (crop_pct), DINOv2 (shortest edge 256, crop 224), rescale 1/127.5
+    c = hf.preprocess_from_hf({"size": {"shortest_edge": 224}, "crop_pct": 0.875,
+                               "resample": 3, "image_mean": [0.485, 0.456, 0.406],
+                               "image_std": [0.229, 0.224, 0.225]})
+    assert (c.size, c.resize, c.crop_pct) == ((224, 224), "shorter_crop", 0.875)
+    d = hf.preprocess_from_hf({"size": {"shortest_edge": 256}, "do_center_crop": True,
+                               "crop_size": {"height": 224, "width": 224},
+                               "image_mean": [0.5], "image_std": [0.5]})
+    assert (d.size, d.resize, d.crop_pct, d.mean) == ((224, 224), "shorter_crop", 0.875,
+                                                      (0.5,))
+    r = hf.preprocess_from_hf({"do_resize": False, "rescale_factor": 1 / 127.5,
+                               "image_mean": [1.0, 1.0, 1.0], "image_std": [1.0, 1.0, 1.0]})
+    x = np.random.default_rng(0).uniform(0, 1, (2, 3)).astype(np.float32)
+    np.testing.assert_allclose(r.normalize(x), x * 255 / 127.5 - 1, atol=1e-6)
+    assert hf.preprocess_from_hf(None).mean is None
+
+
+def test_build_save_load_roundtrip(tmp_path):
+    cfg = {"model_type": "dinov2_with_registers", "hidden_size": 16, "num_hidden_layers": 1,
+           "num_attention_heads": 2, "image_size": 16, "patch_size": 8,
+           "num_register_tokens": 2, "architectures": ["Dinov2WithRegistersModel"]}
+    from repsim_jax.models.preprocess import IMAGENET
+    model = hf.build_hf(cfg, preprocess=IMAGENET)
+    hf.save_hf(model, tmp_path)
+    back = hf.load_hf(tmp_path)
+    assert back.preprocess == IMAGENET and back.num_prefix_tokens == 3
+    x = np.random.default_rng(0).normal(size=(2, 16, 24, 3)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(back(x)), np.asarray(model(x)), atol=1e-6)
+    # transformers reads what save_hf wrote and computes the same
+    tm = transformers.AutoModel.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        ref = tm(torch.from_numpy(x).permute(0, 3, 1, 2)).last_hidden_state.numpy()
+    np.testing.assert_allclose(np.asarray(model(x)), ref, atol=TOL)
+
+
+def test_clip_model_checkpoint_gives_its_vision_tower(tmp_path_factory):
+    vision = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                  num_attention_heads=2, image_size=32, patch_size=8)
+    text = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                num_attention_heads=2)
+    tm, path = make(tmp_path_factory, "clipfull", transformers.CLIPModel,
+                    transformers.CLIPConfig(vision_config=vision, text_config=text,
+                                            projection_dim=24))
+    model = hf.load_hf(path)
+    assert model.hf_architecture == "CLIPModel" and model.visual_projection is not None
+    x = images((32, 32))
+    with torch.no_grad():
+        ref = tm.get_image_features(pixel_values(x))
+        ref = getattr(ref, "pooler_output", ref)
+        hidden = tm.vision_model(pixel_values(x)).last_hidden_state
+    pv = jnp.asarray(model.preprocess.normalize(x))
+    emb = nnx.jit(lambda m, v: (m(v), m.vision_model(v)[0]))(model, pv)
+    close("visual_projection", emb[0], ref)
+    close("vision_model", emb[1], hidden)
