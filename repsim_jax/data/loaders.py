@@ -497,7 +497,7 @@ def _folder(root, n_images, seed, balanced, concepts, masks, skip_bad_images, pr
 # ----------------------------------------------------------------------------- load
 def load(source: str, *, split: str = "test", n_images: int | None = None, seed: int = 0,
          balanced: bool = False, concepts=None, masks=None, skip_bad_images: bool = False,
-         preprocess=None, stream: bool | None = None, max_memory: int = _MAX_MEMORY,
+         preprocess=None, stream: bool | None = None, max_memory: int | None = None,
          data_dir=None, workers: int | None = None,
          echo: Callable[[str], None] | None = print) -> Dataset:
     """Loads ``source`` as a :class:`Dataset` (module docstring: sources and rules).
@@ -514,11 +514,12 @@ def load(source: str, *, split: str = "test", n_images: int | None = None, seed:
       preprocess: a :class:`~repsim_jax.models.preprocess.Preprocess` or a model: the
         resize/crop rule applied while decoding (normalisation stays in the model).
       stream: keep decoded sources lazy (True), decode now (False), or decide by
-        ``max_memory`` (None).
+        ``max_memory`` (None; default 1 GiB of decoded float32 images).
       data_dir: tfds data directory; workers: decoding threads (default: CPU count);
       echo: where the one-line reports go (None: silent).
     """
     pre = as_preprocess(preprocess)
+    max_memory = _MAX_MEMORY if max_memory is None else int(max_memory)
     workers = default_workers() if workers is None else max(1, int(workers))
     source = str(source)
     if (concepts is not None or masks is not None) and not (

@@ -6,6 +6,7 @@ import csv
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 CLASSES = ("cat", "dog")
 CONCEPTS = ("stripes", "spots", "sky", "never")      # "never": in no image (dropped)
@@ -118,3 +119,9 @@ def make_folder(root: Path) -> dict:
     return {"root": img_root, "pixels": pixels, "lossless": lossless, "good": good,
             "tags": tags, "masks": masks, "index_masks": index_masks,
             "truncated": "dog/g_truncated.jpg"}
+
+
+@pytest.fixture(scope="session")
+def fx(tmp_path_factory):
+    """The generated folder (once per session), see :func:`make_folder`."""
+    return make_folder(tmp_path_factory.mktemp("image_folder"))
