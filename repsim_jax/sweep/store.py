@@ -284,6 +284,8 @@ class ChunkedActivations:
         idx = np.asarray(indices, np.int64)
         if idx.size and np.all(np.diff(idx) == 1):
             return np.asarray(self.array[int(idx[0]):int(idx[-1]) + 1], np.float32)
+        if isinstance(self.array, np.ndarray):      # the numpy memmap fallback
+            return np.asarray(self.array[idx], np.float32)
         return np.asarray(self.array.get_orthogonal_selection((idx,)), np.float32)
 
     def __array__(self, dtype=None, copy=None):
@@ -296,7 +298,8 @@ class ActivationStore:
 
     Why zarr (not tensorstore): zarr 3 is pure Python, already a dependency of the data
     extra, writes the v3 format that tensorstore (and any zarr reader) can open, and needs
-    nothing else for this single-writer, append-along-N pattern. Chunks run along the input
+    nothing else for this single-writer, append-along-N pattern. On Python 3.10 (zarr 3
+    needs 3.11) the same layout falls back to one numpy memmap (``.npy``) per layer. Chunks run along the input
     axis (``chunk_images`` inputs x the whole per-input shape), uncompressed: activations
     compress poorly and decompression would cost more CPU than the disk read.
     A ``<model>/<group>.done`` marker is written after the last batch, so an interrupted
@@ -324,30 +327,43 @@ class ActivationStore:
         return self._marker(model, layers).is_file()
 
     def open(self, model: str, layer: str) -> ChunkedActivations:
+        p = self._path(model, layer)
+        mm = p.with_name(p.name + ".npy")
+        if mm.is_file():
+            return ChunkedActivations(np.load(mm, mmap_mode="r"), self.chunk_images)
         import zarr
-        return ChunkedActivations(zarr.open_array(str(self._path(model, layer)), mode="r"),
-                                  self.chunk_images)
+        return ChunkedActivations(zarr.open_array(str(p), mode="r"), self.chunk_images)
+
+    def _create(self, p: Path, shape, n: int):
+        try:
+            import zarr
+        except ImportError:   # Python 3.10 (zarr 3 needs >= 3.11): a numpy memmap
+            return np.lib.format.open_memmap(p.with_name(p.name + ".npy"), mode="w+",
+                                             dtype=self.dtype, shape=(n, *shape))
+        return zarr.create_array(store=str(p), shape=(n, *shape), dtype=self.dtype,
+                                 chunks=(min(self.chunk_images, n), *shape),
+                                 compressors=None, overwrite=True)
 
     def write(self, model: str, layers, shapes: dict[str, tuple], n: int, batches):
         """Writes the ``(start, {layer: block})`` items of ``batches`` into one array per
         layer of ``n`` inputs; returns ``{layer: ChunkedActivations}``."""
-        import zarr
         layers = list(layers)
         arrays = {}
         with disk_errors(self.root):
+            self._marker(model, layers).unlink(missing_ok=True)
             for l in layers:
                 p = self._path(model, l)
                 p.parent.mkdir(parents=True, exist_ok=True)
-                arrays[l] = zarr.create_array(
-                    store=str(p), shape=(n, *shapes[l]), dtype=self.dtype,
-                    chunks=(min(self.chunk_images, n), *shapes[l]), compressors=None,
-                    overwrite=True)
+                arrays[l] = self._create(p, tuple(shapes[l]), n)
             written = 0
             for start, out in batches:
                 for l in layers:
                     block = np.asarray(out[l])
                     arrays[l][start:start + len(block)] = block.astype(self.dtype, copy=False)
                 written += len(next(iter(out.values())))
+            for a in arrays.values():
+                if isinstance(a, np.memmap):
+                    a.flush()
             if written != n:
                 raise SweepError(f"activation store: wrote {written} of {n} inputs of "
                                  f"{model}")
