@@ -217,7 +217,7 @@ OPTIONS: dict[str, dict[str, Option]] = {
         "source": Option("str"),
         "split": Option("str"),
         "n_images": Option("number_or_str", lo=2, choices=("all",), none=True,
-                           doc="at least 2 images, or 'all'"),
+                           doc="need at least 2 images, or 'all'"),
         "data_dir": Option("str", none=True),
         "concepts": Option("str", none=True, doc="a concept CSV of an image folder"),
         "masks": Option("str", none=True, doc="a masks directory of an image folder"),
