@@ -159,22 +159,24 @@ def _prepare_stack(X, *, spec):
     return jax.vmap(lambda x: prepare(x, o))(X)
 
 
-def _row_map(f, PA, mesh):
-    """``f`` over the leading axis of the pytree ``PA`` (sequentially; sharded rows)."""
+def _row_map(f, PA, rest, mesh):
+    """``f(pa, *rest)`` over the leading axis of the pytree ``PA`` (sequentially; with a
+    mesh the rows are sharded over its devices and ``rest`` is replicated)."""
     if mesh is None:
-        return jax.lax.map(f, PA)
-    spec = P(mesh.axis_names[0])
+        return jax.lax.map(lambda pa: f(pa, *rest), PA)
+    row, rep = P(mesh.axis_names[0]), P()
 
-    def local(pa):
-        return jax.lax.map(f, pa)
-    return jax.shard_map(local, mesh=mesh, in_specs=(spec,), out_specs=spec,
-                         check_vma=False)(PA)
+    def local(pa, *r):
+        return jax.lax.map(lambda x: f(x, *r), pa)
+    return jax.shard_map(local, mesh=mesh, in_specs=(row,) + (rep,) * len(rest),
+                         out_specs=row, check_vma=False)(PA, *rest)
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "mesh"))
 def _grid(PA, PB, *, spec, mesh):
     _, pair, _, o = parts(spec)
-    return _row_map(lambda pa: jax.vmap(lambda pb: pair(pa, pb, o))(PB), PA, mesh)
+    return _row_map(lambda pa, pb_all: jax.vmap(lambda pb: pair(pa, pb, o))(pb_all), PA,
+                    (PB,), mesh)
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "mesh", "c", "inner"))
@@ -185,11 +187,11 @@ def _grid_perm(PA, PB, key, start, *, spec, mesh, c, inner):
     ks = jax.vmap(lambda i: jax.random.fold_in(key, i))(start + jnp.arange(c))
     perms = jax.vmap(lambda k: jax.random.permutation(k, n))(ks)
 
-    def row(pa):
+    def row(pa, pb_all, perms):
         def one(perm):
-            return jax.vmap(lambda pb: pair(pa, permute(pb, perm), o))(PB)
+            return jax.vmap(lambda pb: pair(pa, permute(pb, perm), o))(pb_all)
         return jax.lax.map(one, perms, batch_size=inner)
-    return _row_map(row, PA, mesh)
+    return _row_map(row, PA, (PB, perms), mesh)
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "c", "inner"))
@@ -324,7 +326,7 @@ def compare_layers(acts_a: Mapping[str, Any], acts_b: Mapping[str, Any] | None =
             c = chunk_size(n_bootstrap, N, XA.shape[-1] * La, XB.shape[-1] * Lb, chunk)
             samples = []
             for s in range(0, n_bootstrap, c):
-                out = np.asarray(_grid_boot(XA, XB, jax.random.fold_in(k, 1 << 20),
+                out = np.asarray(_grid_boot(XA, XB, k,
                                             jnp.asarray(s, jnp.uint32), spec=spec, c=c,
                                             inner=max(1, min(c, 4))))
                 samples.append(out[:min(c, n_bootstrap - s)])
