@@ -24,7 +24,8 @@ from repsim_jax._checks import InputError
 from repsim_jax.sweep.config import SweepError
 from repsim_jax.sweep.options import matcher_options
 
-__all__ = ["ADAPTERS", "REQUIRES", "run_unit", "check_available", "check_data"]
+__all__ = ["ADAPTERS", "REQUIRES", "run_unit", "check_available", "check_data",
+           "check_models", "NEEDS_MODEL"]
 
 # public functions each adapter calls: module -> names
 REQUIRES: dict[str, dict[str, tuple[str, ...]]] = {
@@ -42,6 +43,8 @@ REQUIRES: dict[str, dict[str, tuple[str, ...]]] = {
 }
 # what each method needs from the data
 NEEDS = {"invert": ("concept_labels",), "cladec": ("labels",), "summaries": ("labels",)}
+# methods that run the network itself (not only its activations)
+NEEDS_MODEL = ("cladec", "summaries")
 
 
 def _fn(module: str, name: str) -> Callable:
@@ -71,6 +74,21 @@ def check_data(methods, data) -> None:
                 raise InputError(f"method {m!r} needs {field.replace('_', ' ')}, which the "
                                  f"data set {data.name!r} does not provide (use "
                                  f"repsim_shapes, or an .npz with a {field!r} array)")
+
+
+def check_models(units, models: dict) -> None:
+    """Clear error, before any unit runs, when a unit of a method that runs the network
+    (:data:`NEEDS_MODEL`) is planned for a model given only as precomputed activations."""
+    from repsim_jax.sweep.inputs import PrecomputedActivations
+    for unit in units:
+        m, name = unit.method, getattr(unit, "model", None)
+        if m in NEEDS_MODEL and name in models:
+            model = models[name]
+            if isinstance(model, PrecomputedActivations):
+                raise InputError(f"method {m!r} runs the network itself, but model {name!r} "
+                                 f"is precomputed activations ({model.source!r}); give the "
+                                 f"model (arch / hf / factory) or leave {m!r} out of methods "
+                                 f"(semantic, invert and concepts run on activations alone)")
 
 
 def _spatial(a: np.ndarray) -> np.ndarray:

@@ -227,6 +227,11 @@ OPTIONS: dict[str, dict[str, Option]] = {
         "arch": Option("str", none=True),
         "weights": Option("str", none=True, doc="a weight file"),
         "num_classes": _int(1, none=True),
+        "hf": Option("str", none=True, doc="a Hugging Face checkpoint directory"),
+        "factory": Option("str", none=True, doc="package.module:callable returning an nnx "
+                          "model"),
+        "activations": Option("str", none=True, doc="precomputed {layer: (N, ...)}: an .npz "
+                              "or a directory of .npy"),
     },
     "sweep": {   # the top level of a configuration
         "seed": _int(0),

@@ -51,7 +51,9 @@ import numpy as np
 from repsim_jax._checks import InputError, unknown_name
 from repsim_jax.sweep import plan as plan_mod
 from repsim_jax.sweep.config import SweepConfig, SweepError, check_config, config_hash
-from repsim_jax.sweep.inputs import SweepData, images_for, load_data, load_model
+from repsim_jax.sweep.inputs import (PrecomputedActivations, SweepData,
+                                    check_activations_length, images_for, load_data,
+                                    load_model)
 from repsim_jax.sweep.store import Store, atomic_write_text
 
 __all__ = ["run_sweep", "SweepContext", "maybe_initialize_distributed", "local_mesh",
@@ -101,7 +103,10 @@ def _barrier(name: str) -> None:
 
 
 def model_layers(model) -> dict[str, tuple]:
-    """Per-image shapes of the capturable layers of ``model``, in forward order."""
+    """Per-image shapes of the capturable layers of ``model``, in forward order (of the
+    arrays' order for precomputed activations)."""
+    if isinstance(model, PrecomputedActivations):
+        return model.layer_shapes()
     from repsim_jax.models import layer_shapes
     return layer_shapes(model)
 
@@ -136,20 +141,19 @@ class SweepContext:
             self._cache.move_to_end(key)
             return self._cache[key]
         import jax
-        from jax.sharding import NamedSharding, PartitionSpec as P
 
         from repsim_jax.models import activations
-        ndev = self.mesh.devices.size
-        bs = max(ndev, (self.cfg.batch_size // ndev) * ndev)
-        images = self.images(model)
-        n = len(images)
-        # chunks of a multiple of the device count are sharded over "data"; a single
-        # chunk that does not divide evenly runs unsharded
-        sharding = (NamedSharding(self.mesh, P("data"))
-                    if ndev > 1 and (bs < n or n % ndev == 0) else None)
-        out = activations(self.models[model], images, list(layers), batch_size=bs,
-                          sharding=sharding)
-        out = {k: np.asarray(jax.device_get(v)) for k, v in out.items()}
+        if isinstance(self.models[model], PrecomputedActivations):
+            # precomputed: the same host arrays a forward pass would have given
+            arrays = self.models[model].arrays
+            out = {k: np.asarray(arrays[k], np.float32) for k in layers}
+        else:
+            ndev = self.mesh.devices.size
+            bs = max(ndev, (self.cfg.batch_size // ndev) * ndev)
+            # chunks (padded to a multiple of the device count) sharded over "data"
+            out = activations(self.models[model], self.images(model), list(layers),
+                              batch_size=bs, mesh=self.mesh if ndev > 1 else None)
+            out = {k: np.asarray(jax.device_get(v)) for k, v in out.items()}
         self._cache[key] = out
         while len(self._cache) > 4:
             self._cache.popitem(last=False)
@@ -213,6 +217,8 @@ def run_sweep(cfg: SweepConfig, *, progress: bool | None = None,
     models, shapes = {}, {}
     for spec in cfg.models:
         models[spec.name] = load_model(spec, seed=cfg.seed)
+        if isinstance(models[spec.name], PrecomputedActivations):
+            check_activations_length(models[spec.name], len(data))
         shapes[spec.name] = model_layers(models[spec.name])
     layers = _layers_by_model(cfg, shapes)
     units = plan_mod.plan_units(
@@ -220,6 +226,7 @@ def run_sweep(cfg: SweepConfig, *, progress: bool | None = None,
         {m: cfg.method_options(m).get("layers", "all") for m in cfg.methods})
     for method in sorted({u.method for u in units}):
         adapters.check_available(method)
+    adapters.check_models(units, models)
 
     if pi == 0:
         if not resumed:
