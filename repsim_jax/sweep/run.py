@@ -123,20 +123,48 @@ class SweepContext:
     _cache: collections.OrderedDict = dataclasses.field(
         default_factory=collections.OrderedDict)
     _images: dict = dataclasses.field(default_factory=dict)
+    _act_store: Any = None
 
     def images(self, model: str) -> np.ndarray:
-        """The sweep's images adapted to ``model``'s input shape (cached)."""
+        """The sweep's images adapted to ``model``'s input shape (cached; decodes a lazy
+        data set into memory: for the methods that train on images, cladec/summaries)."""
         if model not in self._images:
-            self._images = {model: images_for(self.models[model], self.data.images)}
+            from repsim_jax.data import materialize
+            self._images = {model: images_for(self.models[model],
+                                              materialize(self.data.images))}
         return self._images[model]
 
-    def activations(self, model: str, layers: tuple[str, ...]) -> dict[str, np.ndarray]:
-        """Activations of ``layers`` (one chunked, data-sharded pass), as host arrays.
+    def _batch_size(self) -> int:
+        ndev = self.mesh.devices.size
+        return max(ndev, (self.cfg.batch_size // ndev) * ndev)
 
-        Cached by the exact (model, layers) request, so a unit always gets the numbers of
-        the same computation whether or not other units ran before it.
+    def _forward_batches(self, model: str, layers: tuple[str, ...], images):
+        """``(start, {layer: host block})`` per batch of ``images`` (an array or a lazy
+        view, decoded ahead by background workers), each batch adapted to the model and
+        sharded over the mesh when it divides evenly."""
+        import jax
+
+        from repsim_jax.models import activations
+        ndev = self.mesh.devices.size
+        bs = self._batch_size()
+        from repsim_jax.data.stream import iter_batches
+        for start, batch in iter_batches(images, bs):
+            x = images_for(self.models[model], batch)
+            # padded to a multiple of the device count inside, sharded over "data"
+            out = activations(self.models[model], x, list(layers), batch_size=bs,
+                              mesh=self.mesh if ndev > 1 else None)
+            yield start, {k: np.asarray(jax.device_get(v)) for k, v in out.items()}
+
+    def activations(self, model: str, layers: tuple[str, ...],
+                    indices=None) -> dict[str, np.ndarray]:
+        """Activations of ``layers`` (chunked, data-sharded passes), as host arrays; of the
+        inputs ``indices`` only when given (the semantic RSM's subset).
+
+        Cached by the exact (model, layers, subset) request, so a unit always gets the
+        numbers of the same computation whether or not other units ran before it.
         """
-        key = (model, tuple(layers))
+        sub = None if indices is None else tuple(int(i) for i in indices)
+        key = (model, tuple(layers), sub)
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
@@ -146,18 +174,48 @@ class SweepContext:
         if isinstance(self.models[model], PrecomputedActivations):
             # precomputed: the same host arrays a forward pass would have given
             arrays = self.models[model].arrays
-            out = {k: np.asarray(arrays[k], np.float32) for k in layers}
-        else:
+            idx = slice(None) if sub is None else np.asarray(sub, np.int64)
+            out = {k: np.asarray(arrays[k][idx], np.float32) for k in layers}
+        elif isinstance(self.data.images, np.ndarray):
             ndev = self.mesh.devices.size
-            bs = max(ndev, (self.cfg.batch_size // ndev) * ndev)
+            bs = self._batch_size()
+            images = self.images(model)
+            if sub is not None:
+                images = images[np.asarray(sub, np.int64)]
             # chunks (padded to a multiple of the device count) sharded over "data"
-            out = activations(self.models[model], self.images(model), list(layers),
-                              batch_size=bs, mesh=self.mesh if ndev > 1 else None)
+            out = activations(self.models[model], images, list(layers), batch_size=bs,
+                              mesh=self.mesh if ndev > 1 else None)
             out = {k: np.asarray(jax.device_get(v)) for k, v in out.items()}
+        else:   # a lazy data set: decode (in background workers) only what is asked
+            view = self.data.images if sub is None else self.data.images.take(sub)
+            parts = list(self._forward_batches(model, tuple(layers), view))
+            out = {k: np.concatenate([p[k] for _, p in parts]) for k in layers}
         self._cache[key] = out
         while len(self._cache) > 4:
             self._cache.popitem(last=False)
         return out
+
+    def stored_activations(self, model: str, layers: tuple[str, ...]):
+        """``{layer: ChunkedActivations}`` of every input: computed batch by batch and
+        streamed to the on-disk store (``OUT/activations``, zarr) as they are computed,
+        read back in chunks; memory is bounded by the batch/chunk size, not by N. Reused
+        when already complete (resume)."""
+        from repsim_jax.sweep.store import ActivationStore, ChunkedActivations
+        if isinstance(self.models[model], PrecomputedActivations):   # already on disk
+            arrays = self.models[model].arrays
+            return {l: ChunkedActivations(arrays[l], self._batch_size()) for l in layers}
+        if self._act_store is None:
+            self._act_store = ActivationStore(self.store.root,
+                                              chunk_images=self._batch_size())
+        st = self._act_store
+        if st.is_done(model, layers):
+            return {l: st.open(model, l) for l in layers}
+        batches = self._forward_batches(model, tuple(layers), self.data.images)
+        first = next(batches)
+        shapes = {l: first[1][l].shape[1:] for l in layers}
+        import itertools
+        return st.write(model, layers, shapes, len(self.data),
+                        itertools.chain([first], batches))
 
     def seed(self, unit) -> int:
         return plan_mod.unit_seed(self.cfg.seed, unit.key)
@@ -177,6 +235,16 @@ def _layers_by_model(cfg: SweepConfig, shapes: dict[str, dict[str, tuple]]):
     for m, s in shapes.items():
         out[m] = [n for n in s if n in cfg.layers]
     return out
+
+
+def _data_record(data) -> dict[str, Any]:
+    """What the manifest records about the data: the files used, those skipped, the
+    geometry and the annotation report."""
+    info = dict(data.info or {})
+    return {"name": data.name, "n_images": len(data), "files": list(data.files),
+            "skipped_files": list(info.get("skipped", [])),
+            "geometry": info.get("geometry"), "annotations": info.get("annotations"),
+            "class_names": list(data.class_names), "concept_names": list(data.concept_names)}
 
 
 def _device_info() -> dict[str, Any]:
@@ -211,15 +279,19 @@ def run_sweep(cfg: SweepConfig, *, progress: bool | None = None,
     # has written the manifest, below)
     resumed = store.check_manifest() if pi == 0 else False
 
-    # every input is loaded and validated before anything is written
-    data = load_data(cfg.data)
-    adapters.check_data(cfg.methods, data)
+    # every input is loaded and validated before anything is written; decoded data
+    # (folders, tfds, hf) is resized/cropped by the first model's preprocessing
     models, shapes = {}, {}
     for spec in cfg.models:
         models[spec.name] = load_model(spec, seed=cfg.seed)
-        if isinstance(models[spec.name], PrecomputedActivations):
-            check_activations_length(models[spec.name], len(data))
         shapes[spec.name] = model_layers(models[spec.name])
+    runnable = [m for m in models.values() if not isinstance(m, PrecomputedActivations)]
+    data = load_data(cfg.data, preprocess=runnable[0] if runnable else None, seed=cfg.seed,
+                     echo=say)
+    adapters.check_data(cfg.methods, data)
+    for m in models.values():
+        if isinstance(m, PrecomputedActivations):
+            check_activations_length(m, len(data))
     layers = _layers_by_model(cfg, shapes)
     units = plan_mod.plan_units(
         cfg.methods, layers, shapes,
@@ -230,7 +302,7 @@ def run_sweep(cfg: SweepConfig, *, progress: bool | None = None,
 
     if pi == 0:
         if not resumed:
-            store.write_manifest()
+            store.write_manifest(data=_data_record(data))
         removed = store.clean_partial()
         if removed:
             say(f"discarded {len(removed)} unfinished unit(s) of an interrupted run")
