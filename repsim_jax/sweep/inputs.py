@@ -6,6 +6,7 @@ models following the capture convention of :mod:`repsim_jax.models.capture`.
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Callable
 
