@@ -81,6 +81,37 @@ def _depth_labels(ctx, keys) -> list[str]:
     return [f"{m}:{l}" for m, l in keys]
 
 
+def _relative_depth(ctx, keys) -> list[float]:
+    """(index + 1) / depth of each (model, layer) among ALL capturable layers of its model
+    (forward order), for the report's similarity-versus-relative-depth plot."""
+    out = []
+    for m, l in keys:
+        names = list(ctx.shapes.get(m, {}))
+        out.append((names.index(l) + 1.0) / len(names) if l in names else float("nan"))
+    return out
+
+
+def _thumbnails(images: np.ndarray, side: int = 24) -> np.ndarray:
+    """uint8 thumbnails of NHWC images in [0, 1] (area downsampling by an integer factor)."""
+    x = np.asarray(images, np.float32)
+    f = max(1, x.shape[1] // side)
+    h, w = (x.shape[1] // f) * f, (x.shape[2] // f) * f
+    x = x[:, :h, :w].reshape(len(x), h // f, f, w // f, f, x.shape[-1]).mean((2, 4))
+    return np.round(np.clip(x, 0, 1) * 255).astype(np.uint8)
+
+
+def _report_inputs(ctx, per_class: int = 8) -> dict[str, np.ndarray]:
+    """What the report needs to order RSMs by class and show each class's inputs: the
+    labels of all N inputs and thumbnails of the first ``per_class`` inputs per class."""
+    if ctx.data.labels is None:
+        return {}
+    labels = np.asarray(ctx.data.labels, np.int64)
+    pick = np.concatenate([np.flatnonzero(labels == c)[:per_class]
+                           for c in np.unique(labels)]).astype(np.int64)
+    return {"inputs/labels": labels, "inputs/thumb_index": pick,
+            "inputs/thumbs": _thumbnails(ctx.data.images[pick])}
+
+
 def _best_matches(keys, M, score: str) -> list[dict]:
     """For every layer of every model and every OTHER model: its most similar layer there,
     with both relative depths ((i + 1) / L over the model's swept layers, in forward
@@ -143,8 +174,11 @@ def adapt_semantic(unit, ctx) -> dict[str, Any]:
             row["retrieval_f1_identity"] = float(sem_pkg.retrieval_f1(
                 b, ctx.data.concept_labels))
         rows.append(row)
+    arrays.update(_report_inputs(ctx))
     return {"arrays": arrays, "figures": figures, "tables": {"semantic_layers": rows},
-            "meta": {"summary": f"{len(unit.layers)} layer(s), N={len(ctx.data)}"}}
+            "meta": {"summary": f"{len(unit.layers)} layer(s), N={len(ctx.data)}",
+                     "class_names": list(ctx.data.class_names), "kernel": opts["kernel"],
+                     "matcher": opts["matcher"]}}
 
 
 def adapt_semantic_compare(unit, ctx) -> dict[str, Any]:
@@ -176,7 +210,8 @@ def adapt_semantic_compare(unit, ctx) -> dict[str, Any]:
             "figures": [{"kind": "heatmap", "array": "layer_similarity", "name": "layer_map",
                          "title": f"layer x layer {opts['compare']} of semantic RSMs",
                          "xlabels": labels, "ylabels": labels}],
-            "meta": {"labels": labels,
+            "meta": {"labels": labels, "measure": opts["compare"], "n_inputs": len(ctx.data),
+                     "relative_depth": _relative_depth(ctx, keys),
                      "summary": f"{len(keys)} layers across {len({k[0] for k in keys})} "
                                 f"model(s)"}}
 
@@ -210,12 +245,32 @@ def adapt_invert(unit, ctx) -> dict[str, Any]:
             logp.append(beam.log_p_value)
         arrays[f"best_auc/{l}"] = np.asarray(auc, np.float64)
         arrays[f"log_p_value/{l}"] = np.asarray(logp, np.float64)
+        arrays.update(_invert_top(l, acts[l], res, ctx, kw.get("reduction", "mean")))
         figures.append({"kind": "hist", "array": f"best_auc/{l}", "name": f"auc_{l}",
                         "title": f"{unit.model} {l}: AUC of each neuron's best formula",
                         "xlabel": "AUC"})
     return {"arrays": arrays, "tables": {"invert_neurons": rows}, "figures": figures,
             "meta": {"summary": f"{len(rows)} neurons labelled (L={opts['L']}, "
-                                f"B={opts['B']})"}}
+                                f"B={opts['B']})", "reduction": kw.get("reduction", "mean"),
+                     "n_inputs": len(ctx.data)}}
+
+
+def _invert_top(layer, act, res, ctx, reduction, k: int = 4) -> dict[str, np.ndarray]:
+    """For the report: the ``k`` neurons with the highest AUC of ``layer``, their (reduced)
+    activation on every input and whether their best formula holds there."""
+    reduce = _fn("repsim_jax.invert", "reduce_activations")
+    parse = _fn("repsim_jax.invert", "parse")
+    aucs = np.asarray([res[u].best.auc if res[u].best else -np.inf for u in range(len(res))])
+    top = [int(u) for u in np.argsort(-aucs, kind="stable")[:k] if np.isfinite(aucs[u])]
+    if not top:
+        return {}
+    a = np.asarray(reduce(np.asarray(act), reduction), np.float32).reshape(len(act), -1)
+    names = list(ctx.data.concept_names)
+    holds = np.stack([parse(res[u].best.formula, ctx.data.concept_labels, names)
+                      for u in top])
+    return {f"top_neurons/{layer}": np.asarray(top, np.int64),
+            f"top_activations/{layer}": a[:, top].T.copy(),
+            f"top_holds/{layer}": np.asarray(holds, bool)}
 
 
 def adapt_invert_fdr(unit, ctx) -> dict[str, Any]:
@@ -236,7 +291,7 @@ def adapt_invert_fdr(unit, ctx) -> dict[str, Any]:
     n_sig = int(np.sum(np.asarray(q) < 0.05))
     return {"arrays": {"log_q_value": np.asarray(log_q, np.float64)},
             "tables": {"invert_sweep_fdr": out}, "figures": [],
-            "meta": {"summary": f"{n_sig} of {len(out)} neurons have q < 0.05 "
+            "meta": {"threshold": 0.05, "summary": f"{n_sig} of {len(out)} neurons have q < 0.05 "
                                 f"(Benjamini-Hochberg over the whole sweep)"}}
 
 
@@ -261,6 +316,7 @@ def adapt_concepts(unit, ctx) -> dict[str, Any]:
         tiles = maps[:n_show].transpose(0, 3, 1, 2).reshape(n_show * k, *maps.shape[1:3])
         tiles = tiles / np.maximum(tiles.reshape(len(tiles), -1).max(1), 1e-12)[:, None, None]
         arrays[f"map_tiles/{l}"] = tiles
+        arrays["example_images"] = np.asarray(ctx.images(unit.model)[:n_show], np.float32)
         figures.append({"kind": "images", "array": f"map_tiles/{l}", "name": f"maps_{l}",
                         "cols": k, "title": f"{unit.model} {l}: ICE concept maps "
                         f"(rows: images, columns: concepts)"})
@@ -333,7 +389,10 @@ def adapt_concepts_compare(unit, ctx) -> dict[str, Any]:
             "figures": [{"kind": "heatmap", "array": "layer_similarity", "name": "layer_map",
                          "title": f"layer x layer concept similarity ({opts['metric']}, "
                                   f"{how})", "xlabels": labels, "ylabels": labels}],
-            "meta": {"labels": labels, "summary": f"{len(keys)} layers"}}
+            "meta": {"labels": labels, "summary": f"{len(keys)} layers",
+                     "n_inputs": len(ctx.data),
+                     "measure": f"{opts['metric']} {how}",
+                     "relative_depth": _relative_depth(ctx, keys)}}
 
 
 # ------------------------------------------------------------------------------ cladec
@@ -363,12 +422,26 @@ def adapt_cladec(unit, ctx) -> dict[str, Any]:
            "lr": float(opts["lr"]),
            "sse_per_image_cladec": float(per_image(rec).mean()),
            "sse_per_image_ae": float(per_image(rec_ae).mean())}
+    retrain_steps = int(opts.get("retrain_steps", 0))
+    if retrain_steps > 0 and len(images) >= 4:
+        # the paper's retraining check: a fresh classifier of the same architecture trained
+        # on the first half of each image set, accuracy on the second half
+        retrain = _fn("repsim_jax.cladec.evaluate", "retrain_accuracy")
+        h = len(images) // 2
+        sets = {"input": images, "cladec": rec, "ae": rec_ae}
+        acc = retrain(model, {k: v[:h] for k, v in sets.items()}, ctx.data.labels[:h],
+                      {k: v[h:] for k, v in sets.items()}, ctx.data.labels[h:],
+                      steps=retrain_steps, batch_size=min(32, h), seed=seed,
+                      progress=False)
+        row.update({f"retrain_accuracy_{k}": float(v) for k, v in acc.items()})
+        row["retrain_steps"], row["retrain_test_images"] = retrain_steps, len(images) - h
     return {"arrays": {"reconstruction": rec, "reconstruction_ae": rec_ae, "grid": grid},
             "tables": {"cladec": [row]},
             "figures": [{"kind": "images", "array": "grid", "name": "grid", "cols": n_show,
                          "title": f"{unit.model} {layer}: input / ClaDec (alpha={alpha}) / "
                                   f"reference AE"}],
-            "meta": {"summary": f"SSE/image ClaDec {row['sse_per_image_cladec']:.2f}, "
+            "meta": {"n_show": n_show, "layer": layer, "alpha": alpha,
+                     "summary": f"SSE/image ClaDec {row['sse_per_image_cladec']:.2f}, "
                                 f"AE {row['sse_per_image_ae']:.2f}"}}
 
 

@@ -60,7 +60,8 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "concepts": {"k": 5, "max_iter": 100, "metric": "cosine", "resolution": 8,
                  "layer_score": "best_match", "net2vec": True, "net2vec_epochs": 30,
                  "layers": "all"},
-    "cladec": {"alpha": 0.5, "steps": 150, "lr": 3e-3, "batch_size": 32, "layers": "last"},
+    "cladec": {"alpha": 0.5, "steps": 150, "lr": 3e-3, "batch_size": 32, "layers": "last",
+               "retrain_steps": 100},   # 0: skip the retrain-accuracy check
     "summaries": {"classes": "all", "max_images": 4, "steps_smooth": 60, "steps_sharp": 30},
 }
 
