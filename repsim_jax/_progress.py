@@ -4,18 +4,19 @@ Every long step (training a built-in model, a sweep over units, the chunks of an
 search, RSM tiles, ClaDec steps, mask optimisation) takes ``progress=`` and reports through
 :func:`bar`:
 
-``None`` (default, "auto")
-    a tqdm bar with ETA when stderr is a terminal; in a log (stderr not a terminal) plain
-    lines instead - one per :meth:`Progress.log` call (an epoch, a finished unit) and, for
-    inner loops, at most one every ``interval`` seconds plus one at the end.
-``True``
-    the same, even where the global switch below silenced the auto mode.
+``None`` (default, "auto") or ``True``
+    a tqdm bar with ETA when stderr is a terminal or inside a Jupyter/Colab kernel; in a
+    log (stderr not a terminal) plain lines instead - one per :meth:`Progress.log` call
+    (an epoch, a finished unit) and, for inner loops (RSM tiles, ClaDec steps, masks), one
+    every ``interval`` seconds (30) plus a last one - so a short inner loop adds nothing to
+    a log.
 ``False``
     nothing at all.
 
-Global switch: :func:`set_enabled(False) <set_enabled>` (what ``repsim --no-progress``
-does) or the environment variable ``REPSIM_PROGRESS=0`` silences every ``progress=None``;
-``REPSIM_PROGRESS=lines`` / ``=bar`` forces a mode (``TQDM_DISABLE=1`` also silences).
+Global switch: :func:`set_enabled(False) <set_enabled>` / ``with disabled():`` (what
+``repsim --no-progress`` does) or the environment variable ``REPSIM_PROGRESS=0`` (also
+``TQDM_DISABLE=1``) silences everything, whatever ``progress=`` says;
+``REPSIM_PROGRESS=lines`` / ``=bar`` forces a mode.
 Output goes to ``sys.stderr`` (read at call time, so pytest's capture sees it).
 """
 from __future__ import annotations
@@ -68,14 +69,23 @@ def _isatty() -> bool:
 
 def mode(progress: bool | None = None) -> str:
     """``"bar"``, ``"lines"`` or ``"off"`` for a ``progress=`` value (see the module doc)."""
-    if progress is False:
-        return "off"
-    if progress is None and not enabled():
+    if progress is False or not enabled():
         return "off"
     env = os.environ.get("REPSIM_PROGRESS", "").strip().lower()
     if env in ("bar", "lines"):
         return env
-    return "bar" if _isatty() else "lines"
+    return "bar" if _isatty() or _in_kernel() else "lines"
+
+
+def _in_kernel() -> bool:
+    """Inside a Jupyter / Colab kernel (tqdm.auto draws a widget there)."""
+    if "ipykernel" not in sys.modules:
+        return False
+    try:
+        from IPython import get_ipython
+        return get_ipython() is not None and hasattr(get_ipython(), "kernel")
+    except Exception:  # noqa: BLE001
+        return False
 
 
 def message(text: str, progress: bool | None = None) -> None:
@@ -113,6 +123,7 @@ class Progress:
         self.postfix: dict[str, Any] = {}
         self._t0 = time.perf_counter()
         self._last = self._t0
+        self._printed = False    # line mode: an interim line was printed
         self._closed = False
         self._tqdm = None
         if self.mode == "bar":
@@ -129,13 +140,20 @@ class Progress:
             now = time.perf_counter()
             if now - self._last >= self.interval and not (self.total and self.n >= self.total):
                 self._last = now
-                self._line()
+                self._printed = True
+                self._line(now)
 
     def set_postfix(self, **kw) -> None:
         self.postfix.update(kw)
         if self._tqdm is not None:
             self._tqdm.set_postfix({k: _short(v) for k, v in self.postfix.items()},
                                    refresh=True)
+
+    def reset(self, total: int | None = None) -> None:
+        """Starts over (tqdm's ``reset``), optionally with a new total."""
+        self.n, self.total = 0, total if total is not None else self.total
+        if self._tqdm is not None:
+            self._tqdm.reset(total=total)
 
     def set_postfix_str(self, text: str) -> None:
         self.set_postfix(at=text)
@@ -156,25 +174,26 @@ class Progress:
         self._closed = True
         if self._tqdm is not None:
             self._tqdm.close()
-        elif self.mode == "lines" and self.auto_lines and self.n:
-            self._line(final=True)
+        elif self.mode == "lines" and self.auto_lines and self._printed:
+            self._line(time.perf_counter(), final=True)   # a long loop ends with a last line; a short one is quiet
 
     # -- helpers ----------------------------------------------------------------------
     @property
     def elapsed(self) -> float:
         return time.perf_counter() - self._t0
 
-    def eta(self) -> float | None:
+    def eta(self, now: float | None = None) -> float | None:
         """Seconds left at the mean rate so far (None without a total or progress)."""
         if not self.total or not self.n:
             return None
-        return self.elapsed / self.n * max(self.total - self.n, 0)
+        elapsed = (now if now is not None else time.perf_counter()) - self._t0
+        return elapsed / self.n * max(self.total - self.n, 0)
 
-    def _line(self, final: bool = False) -> None:
+    def _line(self, now: float, final: bool = False) -> None:
         done = f"{self.n}/{self.total}" if self.total else f"{self.n}"
         pct = f" ({100.0 * self.n / self.total:.0f}%)" if self.total else ""
-        text = f"{self.desc}: {done} {self.unit}{pct}, {_fmt_seconds(self.elapsed)} elapsed"
-        eta = self.eta()
+        text = f"{self.desc}: {done} {self.unit}{pct}, {_fmt_seconds(now - self._t0)} elapsed"
+        eta = self.eta(now)
         if not final and eta is not None:
             text += f", ETA {_fmt_seconds(eta)}"
         if self.postfix:

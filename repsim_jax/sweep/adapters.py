@@ -72,6 +72,12 @@ def check_data(methods, data) -> None:
                                  f"repsim_shapes, or an .npz with a {field!r} array)")
 
 
+def _inner(ctx) -> bool | None:
+    """``progress=`` for the inner loops of a unit (RSM tiles, ClaDec steps, masks): the
+    sweep's own setting (see repsim_jax._progress)."""
+    return getattr(ctx, "progress", None)
+
+
 def _spatial(a: np.ndarray) -> np.ndarray:
     """(N, C) -> (N, 1, 1, C); (N, H, W, C) unchanged."""
     return a[:, None, None, :] if a.ndim == 2 else a
@@ -149,7 +155,7 @@ def adapt_semantic(unit, ctx) -> dict[str, Any]:
     reps = {l: _spatial(acts[l]) for l in unit.layers}
     kw = {k: v for k, v in opts.items() if k not in ("kernel", "matcher", "compare", "layers")}
     kw.setdefault("devices", _rsm_devices(ctx))
-    kw.setdefault("progress", False)
+    kw.setdefault("progress", _inner(ctx))
     sem = sem_pkg.rsm(reps, kernel=opts["kernel"], matcher=opts["matcher"], **kw)
     kw.pop("size", None), kw.pop("k", None)
     base = sem_pkg.rsm(reps, kernel=opts["kernel"], matcher="identity", **kw)
@@ -320,14 +326,15 @@ def adapt_concepts(unit, ctx) -> dict[str, Any]:
         figures.append({"kind": "images", "array": f"map_tiles/{l}", "name": f"maps_{l}",
                         "cols": k, "title": f"{unit.model} {l}: ICE concept maps "
                         f"(rows: images, columns: concepts)"})
-        rows.append({"model": unit.model, "layer": l, "k": k,
+        rows.append({"model": unit.model, "layer": l, "k": k, "n_inputs": int(len(a)),
                      "reconstruction_error": float(ice.reconstruction_error),
                      "relative_error": float(ice.relative_error), "n_iter": int(ice.n_iter)})
     tables = {"concepts_ice": rows}
     if opts.get("net2vec", True) and ctx.data.concept_masks is not None:
         tables["concepts_net2vec"] = _net2vec(unit, ctx, acts, opts, arrays, figures)
     return {"arrays": arrays, "tables": tables, "figures": figures,
-            "meta": {"summary": f"ICE with k={opts['k']} on {len(unit.layers)} layer(s)"
+            "meta": {"n_inputs": len(ctx.data),
+                     "summary": f"ICE with k={opts['k']} on {len(unit.layers)} layer(s)"
                                 + (", Net2Vec" if "concepts_net2vec" in tables else "")}}
 
 
@@ -343,7 +350,7 @@ def _net2vec(unit, ctx, acts, opts, arrays, figures) -> list[dict]:
     keep = np.flatnonzero(masks[:n].reshape(-1, masks.shape[-1]).any(0)
                           & masks[n:].reshape(-1, masks.shape[-1]).any(0) & present)
     cfg = Net2VecConfig(epochs=int(opts.get("net2vec_epochs", 30)), seed=ctx.seed(unit),
-                        progress=False)
+                        progress=_inner(ctx))
     res = net2vec({l: _spatial(acts[l])[:n] for l in unit.layers}, masks[:n][..., keep],
                   {l: _spatial(acts[l])[n:] for l in unit.layers}, masks[n:][..., keep],
                   [names[i] for i in keep], cfg)
@@ -410,7 +417,7 @@ def adapt_cladec(unit, ctx) -> dict[str, Any]:
     seed = ctx.seed(unit)
     common = dict(steps=int(opts["steps"]), lr=float(opts["lr"]),
                   batch_size=min(int(opts["batch_size"]), len(images)), seed=seed,
-                  progress=False)
+                  progress=_inner(ctx))
     fit = fit_cladec(model, images, ctx.data.labels, [layer], [alpha], **common)
     ae = fit_ae(model, images, [layer], **common)
     rec = np.asarray(reconstruct(fit, images, layer, alpha), np.float32)
@@ -432,7 +439,7 @@ def adapt_cladec(unit, ctx) -> dict[str, Any]:
         acc = retrain(model, {k: v[:h] for k, v in sets.items()}, ctx.data.labels[:h],
                       {k: v[h:] for k, v in sets.items()}, ctx.data.labels[h:],
                       steps=retrain_steps, batch_size=min(32, h), seed=seed,
-                      progress=False)
+                      progress=_inner(ctx))
         row.update({f"retrain_accuracy_{k}": float(v) for k, v in acc.items()})
         row["retrain_steps"], row["retrain_test_images"] = retrain_steps, len(images) - h
     return {"arrays": {"reconstruction": rec, "reconstruction_ae": rec_ae, "grid": grid},
@@ -441,6 +448,7 @@ def adapt_cladec(unit, ctx) -> dict[str, Any]:
                          "title": f"{unit.model} {layer}: input / ClaDec (alpha={alpha}) / "
                                   f"reference AE"}],
             "meta": {"n_show": n_show, "layer": layer, "alpha": alpha,
+                     "n_inputs": len(images),
                      "summary": f"SSE/image ClaDec {row['sse_per_image_cladec']:.2f}, "
                                 f"AE {row['sse_per_image_ae']:.2f}"}}
 
@@ -461,7 +469,8 @@ def adapt_summaries(unit, ctx) -> dict[str, Any]:
         res = visual_summaries(model, images, labels, classes,
                                images_per_class=int(opts["max_images"]),
                                smooth_steps=int(opts["steps_smooth"]),
-                               sharp_steps=int(opts["steps_sharp"]), progress=False)
+                               sharp_steps=int(opts["steps_sharp"]),
+                               progress=_inner(ctx))
     names = list(ctx.data.class_names)
     arrays: dict[str, np.ndarray] = {"image_indices": np.asarray(res.image_indices)}
     figures, rows = [], []

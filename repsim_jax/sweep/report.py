@@ -431,8 +431,8 @@ def _concepts_section(units, figs: _Figures, opts: dict) -> str:
             block.append(figs.add(F.concept_overlays(ex[:n], maps), key, f"maps_{l}", (
                 f"<b>{_e(model)} {_e(l)}</b>: the k={k} ICE concepts (NMF of the non-negative "
                 f"activations, relative error {r['relative_error']:.3f}) as maps over the "
-                f"first {n} inputs (rows; left: the input), each map normalised to its "
-                f"maximum.")))
+                f"first {n} of the N={r.get('n_inputs', len(ex))} inputs factorised (rows; "
+                f"left: the input), each map normalised to its maximum.")))
         rows = T.get("concepts_net2vec", [])
         if rows and "net2vec_iou" in A:
             layers = list(dict.fromkeys(r["layer"] for r in rows))
@@ -442,8 +442,9 @@ def _concepts_section(units, figs: _Figures, opts: dict) -> str:
                                                     model=model), key, "net2vec", (
                 f"<b>Net2Vec</b> set IoU of each concept (rows) in each layer (columns) of "
                 f"<b>{_e(model)}</b>: concept filters trained on the first half of the inputs,"
-                f" IoU with the ground-truth masks on the second half; {len(concepts)} "
-                f"concepts x {len(layers)} layers.")))
+                f" IoU with the ground-truth masks on the second half (N="
+                f"{res['meta'].get('n_inputs', '?')} inputs); {len(concepts)} concepts x "
+                f"{len(layers)} layers.")))
         block.append("</div>")
         out.append("".join(block))
     return "".join(out)
@@ -463,7 +464,7 @@ def _cladec_section(units, figs: _Figures) -> str:
         fig = F.image_rows([g[:n], g[n:2 * n], g[2 * n:3 * n]],
                            ["input", f"ClaDec\nalpha={r['alpha']:g}", "auto-\nencoder"])
         cap = (f"<b>{_e(r['model'])} {_e(r['layer'])}</b>, alpha={r['alpha']:g}: the first {n} "
-               f"inputs, the ClaDec decoding of the layer (decoder trained with reconstruction "
+               f"of the N={meta.get('n_inputs', '?')} inputs (all used for training), the ClaDec decoding of the layer (decoder trained with reconstruction "
                f"+ classification loss, {r['steps']} steps) and the reference auto-encoder's "
                f"reconstruction through the same layer; errors and retrain accuracies in the "
                f"table.")
@@ -500,7 +501,7 @@ def _summaries_section(units, figs: _Figures) -> str:
                                   key, "masks", (
                 f"Sparse perturbation masks of the first {n} explained images (1 = pixel kept;"
                 f" the rest blurred/replaced): image, mask, kept pixels; "
-                f"{len(A.get('image_indices', []))} images in all.")))
+                f"N={len(A.get('image_indices', []))} explained images in all.")))
         for r in rows:
             c = r["class"]
             s = A.get(f"strips/{c}")
@@ -512,7 +513,7 @@ def _summaries_section(units, figs: _Figures) -> str:
                                                         for i in range(len(strips))],
                                                size=0.9), key, f"class{c}", (
                 f"Class <b>{_e(r['class_name'])}</b> of {_e(r['model'])}: {r['summaries']} "
-                f"visual summaries (rows; up to 6 shown) of its {r['images']} images, each "
+                f"visual summaries (rows; up to 6 shown) of its N={r['images']} images, each "
                 f"row the member regions (crops of the masks' kept parts) of one cluster; "
                 f"{r['regions']} regions in {r['clusters']} clusters.")))
         block.append("</div>")
