@@ -22,6 +22,7 @@ import numpy as np
 
 from repsim_jax._checks import InputError
 from repsim_jax.sweep.config import SweepError
+from repsim_jax.sweep.options import matcher_options
 
 __all__ = ["ADAPTERS", "REQUIRES", "run_unit", "check_available", "check_data"]
 
@@ -157,7 +158,8 @@ def adapt_semantic(unit, ctx) -> dict[str, Any]:
     kw.setdefault("devices", _rsm_devices(ctx))
     kw.setdefault("progress", _inner(ctx))
     sem = sem_pkg.rsm(reps, kernel=opts["kernel"], matcher=opts["matcher"], **kw)
-    kw.pop("size", None), kw.pop("k", None)
+    for key in matcher_options():     # the identity baseline takes no matcher option
+        kw.pop(key, None)
     base = sem_pkg.rsm(reps, kernel=opts["kernel"], matcher="identity", **kw)
     arrays, figures, rows = {}, [], []
     for l in unit.layers:
@@ -228,8 +230,8 @@ def adapt_invert(unit, ctx) -> dict[str, Any]:
     opts = ctx.cfg.method_options("invert")
     explain = _fn("repsim_jax.invert", "explain")
     acts = ctx.activations(unit.model, unit.layers)
-    kw = {k: opts[k] for k in ("L", "B", "min_fraction", "max_fraction", "mode",
-                               "limit_search", "reduction", "alternative") if k in opts}
+    # every option but "layers" is a keyword of explain (checked by sweep.options)
+    kw = {k: v for k, v in opts.items() if k != "layers"}
     out = explain({l: acts[l] for l in unit.layers}, ctx.data.concept_labels,
                   list(ctx.data.concept_names), devices=list(ctx.mesh.devices.flat), **kw)
     rows, arrays, figures = [], {}, []

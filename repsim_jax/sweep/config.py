@@ -42,14 +42,18 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from repsim_jax._checks import InputError, unknown_name
+from repsim_jax.sweep import options as _opts
 
 __all__ = ["METHODS", "METHOD_DEFAULTS", "ModelSpec", "DataSpec", "DistributedSpec",
            "SweepConfig", "SweepError", "from_dict", "load_toml", "config_hash",
-           "apply_overrides", "demo_config", "DEMO"]
+           "apply_overrides", "demo_config", "DEMO", "check_config"]
 
 METHODS = ("semantic", "invert", "concepts", "cladec", "summaries")
 
 # Options of every method as the sweep passes them on (see repsim_jax.sweep.adapters).
+# What each key accepts (type, range, valid names) is in the table next door,
+# repsim_jax.sweep.options.OPTIONS (register a new key there with register_options);
+# from_dict checks every section against it before anything is written.
 # ``layers`` (per method) narrows the sweep's layer list for that method: "all", "last"
 # (the deepest layer), or a list of names.
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -68,6 +72,12 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
 
 class SweepError(RuntimeError):
     """The sweep cannot go on (foreign output directory, full disk, failed unit...)."""
+
+
+def _field_defaults(cls) -> dict[str, Any]:
+    """A dataclass's fields with their defaults (None where there is none)."""
+    return {f.name: (f.default if f.default is not dataclasses.MISSING else None)
+            for f in dataclasses.fields(cls)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,9 +155,9 @@ def _model_spec(entry) -> ModelSpec:
         return ModelSpec(entry)
     if not isinstance(entry, Mapping):
         raise InputError(f"models: expected a name or a table, got {entry!r}")
-    unknown = set(entry) - {"name", "arch", "weights", "num_classes"}
-    if unknown:
-        raise InputError(f"models: unknown key(s) {sorted(unknown)} in {dict(entry)}")
+    _opts.check_section("models", entry, defaults=_field_defaults(ModelSpec),
+                        label=f"[[models]] {entry['name']!r}" if entry.get("name")
+                        else "[[models]]")
     arch = entry.get("arch")
     name = entry.get("name") or (Path(entry["weights"]).stem if entry.get("weights") else arch)
     if not name:
@@ -164,6 +174,8 @@ def from_dict(d: Mapping[str, Any]) -> SweepConfig:
     unknown = set(d) - top
     if unknown:
         raise unknown_name("configuration key", sorted(unknown)[0], sorted(top))
+    _opts.check_section("sweep", {k: d[k] for k in ("seed", "batch_size", "output")
+                                  if k in d}, label="configuration")
     methods = d.get("methods", list(METHODS))
     if isinstance(methods, str):
         methods = [m.strip() for m in methods.split(",") if m.strip()]
@@ -188,29 +200,51 @@ def from_dict(d: Mapping[str, Any]) -> SweepConfig:
     data = d.get("data", {})
     if isinstance(data, str):
         data = {"source": data}
-    bad = set(data) - {f.name for f in dataclasses.fields(DataSpec)}
-    if bad:
-        raise InputError(f"data: unknown key(s) {sorted(bad)}")
+    _opts.check_section("data", data, defaults=_field_defaults(DataSpec))
     data = DataSpec(**data)
-    if data.n_images < 2:
-        raise InputError(f"data.n_images: need at least 2 images, got {data.n_images}")
     options = copy.deepcopy(METHOD_DEFAULTS)
     given = dict(d.get("options", {}))
     for m in METHODS:
         if m in d:
+            if not isinstance(d[m], Mapping):
+                raise InputError(f"[{m}]: expected a table of options, got {d[m]!r}")
             given[m] = {**given.get(m, {}), **d[m]}
     for m, opts in given.items():
         if m not in METHODS:
             raise unknown_name("method", m, METHODS)
+        if not isinstance(opts, Mapping):
+            raise InputError(f"[{m}]: expected a table of options, got {opts!r}")
         options[m].update(dict(opts))
+        # every key against what the method takes, before anything is written
+        _opts.check_section(m, options[m], defaults=METHOD_DEFAULTS.get(m))
     dist = d.get("distributed", {})
-    dist = DistributedSpec(**dist) if isinstance(dist, Mapping) else dist
+    if isinstance(dist, Mapping):
+        _opts.check_section("distributed", dist, defaults=_field_defaults(DistributedSpec))
+        dist = DistributedSpec(**dist)
+    elif not isinstance(dist, DistributedSpec):
+        raise InputError(f"[distributed]: expected a table, got {dist!r}")
     return SweepConfig(methods=methods, models=specs,
                        layers=_as_tuple_of_str(d.get("layers", "all"), "layers"),
                        data=data, seed=int(d.get("seed", 0)),
                        output=str(d.get("output", "repsim-out")),
                        batch_size=int(d.get("batch_size", 64)), options=options,
                        distributed=dist)
+
+
+def check_config(cfg: SweepConfig) -> None:
+    """Checks a :class:`SweepConfig` built without :func:`from_dict` (same rules): every
+    method's options, the data and distributed sections and the model entries."""
+    for m, opts in cfg.options.items():
+        if m not in METHODS:
+            raise unknown_name("method", m, METHODS)
+        _opts.check_section(m, dict(opts), defaults=METHOD_DEFAULTS.get(m))
+    _opts.check_section("data", dataclasses.asdict(cfg.data),
+                        defaults=_field_defaults(DataSpec))
+    _opts.check_section("distributed", dataclasses.asdict(cfg.distributed),
+                        defaults=_field_defaults(DistributedSpec))
+    for m in cfg.models:
+        _opts.check_section("models", dataclasses.asdict(m),
+                            defaults=_field_defaults(ModelSpec), label=f"[[models]] {m.name!r}")
 
 
 def _tomllib():

@@ -50,7 +50,7 @@ import numpy as np
 
 from repsim_jax._checks import InputError, unknown_name
 from repsim_jax.sweep import plan as plan_mod
-from repsim_jax.sweep.config import SweepConfig, SweepError, config_hash
+from repsim_jax.sweep.config import SweepConfig, SweepError, check_config, config_hash
 from repsim_jax.sweep.inputs import SweepData, images_for, load_data, load_model
 from repsim_jax.sweep.store import Store, atomic_write_text
 
@@ -198,6 +198,7 @@ def run_sweep(cfg: SweepConfig, *, progress: bool | None = None,
     import jax
     say = echo or (lambda s: None)
     t_start = time.time()
+    check_config(cfg)            # bad options fail before anything is written
     maybe_initialize_distributed(cfg.distributed)
     pi, pc = _process_info()
     chash = config_hash(cfg)

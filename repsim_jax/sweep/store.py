@@ -112,7 +112,11 @@ class Store:
     # -- manifest ---------------------------------------------------------------------
     def check_manifest(self) -> bool:
         """Raises SweepError when the directory holds another configuration's results (or
-        is some other non-empty directory). Returns True when it is ours (a resume)."""
+        is some other non-empty directory). Returns True when it is ours (a resume).
+
+        A manifest of another configuration that never finished a unit (e.g. a run that
+        stopped on bad input before computing anything) holds no results: the directory
+        is taken over (False; :meth:`write_manifest` then replaces the manifest)."""
         manifest = self.root / "manifest.json"
         if manifest.is_file():
             try:
@@ -121,6 +125,8 @@ class Store:
                 raise SweepError(f"output directory {self.root}: unreadable manifest.json "
                                  f"({e}); delete the directory or choose another --out")
             if old.get("config_hash") != self.cfg_hash:
+                if not self.finished_units():
+                    return False
                 diff = _first_difference(old.get("config", {}), self.cfg_dict)
                 raise SweepError(
                     f"output directory {self.root} holds the results of another "
@@ -155,6 +161,12 @@ class Store:
         return removed
 
     # -- units ------------------------------------------------------------------------
+    def finished_units(self) -> list[str]:
+        """Keys of the units with a done-marker (of any configuration)."""
+        if not self.units.is_dir():
+            return []
+        return sorted(p.name[:-len(".done.json")] for p in self.units.glob("*.done.json"))
+
     def is_done(self, key: str) -> bool:
         marker = self.units / f"{key}.done.json"
         if not (marker.is_file() and (self.units / key).is_dir()):
