@@ -37,9 +37,14 @@ def to_png(fig, dpi: int = 90) -> bytes:
 
 
 def show(fig, dpi: int = 90) -> None:
-    """Displays ``fig`` inline (Jupyter, Colab, headless nbclient alike)."""
+    """Displays ``fig`` inline (Jupyter, Colab, headless nbclient alike) and closes it (a
+    pyplot figure too, so the inline backend does not show it a second time)."""
+    import sys
+
     from IPython.display import Image, display
     display(Image(to_png(fig, dpi)))
+    if "matplotlib.pyplot" in sys.modules:
+        sys.modules["matplotlib.pyplot"].close(fig)
 
 
 def class_order(labels) -> tuple[np.ndarray, list[int], list[float], list[int]]:
