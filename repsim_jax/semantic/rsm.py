@@ -390,7 +390,7 @@ def pair_statistics(x, *, matcher: str = "exact", solver: str = "auto",
     -1)``), :math:`s(i,j)` and :math:`d_{ij}` of shape (L, P), and the exact
     :math:`s(i,j)` (L, P) when ``return_quality`` (else None).
     """
-    from repsim_jax import _progress
+    from tqdm.auto import tqdm
     x = jnp.asarray(x, jnp.float32)
     L, n, s, c = x.shape
     opts = tuple(sorted(_m._check_matcher(matcher, s, options).items()))
@@ -404,8 +404,8 @@ def pair_statistics(x, *, matcher: str = "exact", solver: str = "auto",
     if matcher == "auction" and not return_quality:
         # bidding on the host (numba) on CPU with one device; in-graph lanes otherwise
         host = solver == "host" and mesh is None and _m.host_auction_available()
-        bar = _progress.bar(1, desc="semantic rsm (auction)", unit="block",
-                            progress=progress)
+        bar = tqdm(total=1, desc="semantic rsm (auction)", leave=False,
+                   disable={True: False, False: True, None: None}[progress])
         sim, dist = _auction_statistics(x, opts, mesh, max_block_bytes, block_pairs, bar,
                                         host)
         bar.close()
@@ -443,8 +443,8 @@ def pair_statistics(x, *, matcher: str = "exact", solver: str = "auto",
                 target[:, gi[valid], gj[valid]] = val[:, valid]
 
     static = dict(t=t, matcher=matcher, opts=opts, quality=return_quality)
-    bar = _progress.bar(len(blocks), desc=f"semantic rsm ({matcher})", unit="tile",
-                        progress=progress)
+    bar = tqdm(total=len(blocks), desc=f"semantic rsm ({matcher})", leave=False,
+               disable={True: False, False: True, None: None}[progress])
     ingraph = solver == "hungarian" or (matcher in _m.INGRAPH and not return_quality)
     if ingraph:                      # dispatch block k+1 before block k is read back
         pending = None

@@ -324,7 +324,8 @@ def adapt_concepts(unit, ctx) -> dict[str, Any]:
         tiles = maps[:n_show].transpose(0, 3, 1, 2).reshape(n_show * k, *maps.shape[1:3])
         tiles = tiles / np.maximum(tiles.reshape(len(tiles), -1).max(1), 1e-12)[:, None, None]
         arrays[f"map_tiles/{l}"] = tiles
-        arrays["example_images"] = np.asarray(ctx.images(unit.model)[:n_show], np.float32)
+        # the data's own images (a model-free sweep from precomputed activations has them too)
+        arrays["example_images"] = np.asarray(ctx.data.images[:n_show], np.float32)
         figures.append({"kind": "images", "array": f"map_tiles/{l}", "name": f"maps_{l}",
                         "cols": k, "title": f"{unit.model} {l}: ICE concept maps "
                         f"(rows: images, columns: concepts)"})

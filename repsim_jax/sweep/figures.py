@@ -138,9 +138,9 @@ def heatmap(M, row_labels=None, col_labels=None, *, title: str = "", cbar: str =
     """A labelled heatmap (labels shown when there are at most 60 per axis)."""
     M = np.asarray(M, np.float64)
     n_r, n_c = M.shape
-    w = float(np.clip(0.32 * n_c + 2.8, 4.0, 12))
-    h = float(np.clip(0.32 * n_r + 2.0, 3.0, 12))
-    fig, ax = plt.subplots(figsize=(w + 1.0, h), layout="constrained")
+    w = float(np.clip(0.3 * n_c + 2.2, 3.4, 12))
+    h = float(np.clip(0.3 * n_r + 1.8, 2.8, 12))
+    fig, ax = plt.subplots(figsize=(w + 0.8, h), layout="constrained")
     im = ax.imshow(M, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest",
                    aspect="auto")
     fig.colorbar(im, ax=ax, fraction=0.05, pad=0.02, label=cbar)

@@ -222,9 +222,9 @@ class _Figures:
         return (f'<figure><img src="data:image/png;base64,{b64}" alt="{_e(fname)}">'
                 f"<figcaption>{caption}</figcaption></figure>")
 
-    def add(self, fig, key: str, name: str, caption: str) -> str:
+    def add(self, fig, key: str, name: str, caption: str, dpi: int = 90) -> str:
         from repsim_jax.sweep.figures import to_png
-        return self.png(to_png(fig), key, name, caption)
+        return self.png(to_png(fig, dpi), key, name, caption)
 
 
 # ----------------------------------------------------------------------------- sections
@@ -424,11 +424,13 @@ def _concepts_section(units, figs: _Figures, opts: dict) -> str:
         for r in T.get("concepts_ice", []):
             l, model, k = r["layer"], r["model"], int(r["k"])
             tiles = A.get(f"map_tiles/{l}")
-            if tiles is None or ex is None:
+            if tiles is None:
                 continue
             n = len(tiles) // k
             maps = tiles.reshape(n, k, *tiles.shape[1:])
-            block.append(figs.add(F.concept_overlays(ex[:n], maps), key, f"maps_{l}", (
+            fig = (F.concept_overlays(ex[:n], maps) if ex is not None else   # older outputs:
+                   F.image_rows([maps[i] for i in range(n)]))                # maps alone
+            block.append(figs.add(fig, key, f"maps_{l}", dpi=72, caption=(
                 f"<b>{_e(model)} {_e(l)}</b>: the k={k} ICE concepts (NMF of the non-negative "
                 f"activations, relative error {r['relative_error']:.3f}) as maps over the "
                 f"first {n} of the N={r.get('n_inputs', len(ex))} inputs factorised (rows; "
