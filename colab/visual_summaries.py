@@ -130,8 +130,9 @@ else:
         net = torchvision.models.get_model(ARCH, weights="DEFAULT")
         weights = {k: v.detach().cpu().numpy() for k, v in net.state_dict().items()}
     model = models.load_ported(ARCH, weights, input_shape=(SIZE, SIZE, 3))
-    ds = sources.load(DATA, split=f"validation[:{N_IMAGES}]")
-    images = sources.resize(sources.to_rgb(ds.images), SIZE)
+    from repsim_jax import data as rdata   # one loader for every source; resized/cropped
+    ds = rdata.load(DATA, split="auto", n_images=N_IMAGES, preprocess=model, stream=False)
+    images = np.asarray(ds.images)
     logits = models.activations(model, images, ["logits"])["logits"]
     labels = np.asarray(logits).argmax(-1).astype(np.int32)   # the model's predictions
     class_names = [f"imagenet_{k}" for k in range(logits.shape[-1])]
