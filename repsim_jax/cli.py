@@ -4,6 +4,7 @@
   repsim sweep --config run.toml   a configured sweep (flags override the file)
   repsim layers small_vgg          the capturable layers of a model, with shapes
   repsim layers --hf DIR           ... of a Hugging Face checkpoint (or --factory pkg.mod:fn)
+  repsim report OUT                re-render OUT/report.html from its results (no recompute)
 
 The command line only parses; the work is done by :mod:`repsim_jax.sweep`. Bad input
 (unknown model/layer/data set, a weight file for another architecture, an output
@@ -59,7 +60,8 @@ def _add_sweep_flags(p: argparse.ArgumentParser, *, demo: bool = False) -> None:
                    f"{'/demo' if demo else ''})")
     g.add_argument("--batch-size", type=int, help="images per forward chunk (memory)")
     g = p.add_argument_group("how to run")
-    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g.add_argument("--no-progress", action="store_true", help="no progress output at all "
+                   "(bars on a terminal, lines in a log; also model training on first use)")
     g.add_argument("--distributed", action="store_true", help="call "
                    "jax.distributed.initialize() (auto-detects TPU pods, SLURM, Open MPI)")
     g.add_argument("--coordinator", metavar="HOST:PORT", help="jax.distributed coordinator")
@@ -119,7 +121,21 @@ def build_parser() -> argparse.ArgumentParser:
     ly.add_argument("--num-classes", type=int, default=None,
                     help="classes of an architecture (changes only the last layer's shape; "
                     "default 1000, or the built-in data's classes for the small CNNs)")
+    rp = sub.add_parser("report", help="re-render the report of an existing output directory",
+                        description="Rewrites OUT/report.html (and OUT/arrays, tables, "
+                        "figures) from the finished units' checkpoints of a sweep directory: "
+                        "nothing is recomputed, no model or data is loaded. Works for any "
+                        "sweep output, also one made from precomputed activations.")
+    rp.add_argument("out", metavar="OUT", help="output directory of a sweep (has manifest.json)")
     return p
+
+
+def _cmd_report(args) -> int:
+    from repsim_jax.sweep import report
+    t0 = time.time()
+    path = report.render(args.out)
+    print(f"report: {path}  ({time.time() - t0:.1f} s)")
+    return 0
 
 
 def _config_dict(args, demo: bool) -> dict:
@@ -239,11 +255,24 @@ def main(argv=None) -> int:
         parser.print_help()
         return 0
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import contextlib
+
+    from repsim_jax import _progress
+    # --no-progress silences every progress=None of the library for this command
+    quiet = _progress.disabled() if getattr(args, "no_progress", False) \
+        else contextlib.nullcontext()
+    with quiet:
+        return _dispatch(args)
+
+
+def _dispatch(args) -> int:
     from repsim_jax._checks import InputError
     from repsim_jax.sweep.config import SweepError
     try:
         if args.command == "layers":
             return _cmd_layers(args)
+        if args.command == "report":
+            return _cmd_report(args)
         return _cmd_sweep(args, demo=args.command == "demo")
     except (InputError, KeyError, SweepError, FileNotFoundError, ValueError) as e:
         msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)

@@ -76,7 +76,8 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
                  # at scale: ICE fitted on a seeded subset, maps of all inputs by chunks;
                  # Net2Vec trained/tested on a seeded subset (sweep.adapters.adapt_concepts)
                  "fit_images": 1000, "net2vec_images": 1000},
-    "cladec": {"alpha": 0.5, "steps": 150, "lr": 3e-3, "batch_size": 32, "layers": "last"},
+    "cladec": {"alpha": 0.5, "steps": 150, "lr": 3e-3, "batch_size": 32, "layers": "last",
+               "retrain_steps": 100},   # 0: skip the retrain-accuracy check
     "summaries": {"classes": "all", "max_images": 4, "steps_smooth": 60, "steps_sharp": 30},
 }
 

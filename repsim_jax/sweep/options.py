@@ -206,6 +206,7 @@ OPTIONS: dict[str, dict[str, Option]] = {
         "lr": Option("float", 0.0, lo_open=True),
         "batch_size": _int(1),
         "layers": _LAYERS,
+        "retrain_steps": _int(0, doc="retrain-accuracy check (0: off)"),
     },
     "summaries": {
         "classes": Option("ints", doc="class indices"),

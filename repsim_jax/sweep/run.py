@@ -120,6 +120,7 @@ class SweepContext:
     shapes: dict[str, dict[str, tuple]]
     mesh: Any
     store: Store
+    progress: bool | None = None   # the sweep's progress= (inner bars of long units)
     _cache: collections.OrderedDict = dataclasses.field(
         default_factory=collections.OrderedDict)
     _images: dict = dataclasses.field(default_factory=dict)
@@ -264,8 +265,7 @@ def run_sweep(cfg: SweepConfig, *, progress: bool | None = None,
     Raises :class:`InputError`/``KeyError`` for bad input (unknown model, layer, data) and
     :class:`SweepError` for a foreign output directory, a full disk or a failed unit.
     """
-    from tqdm.auto import tqdm
-
+    from repsim_jax import _progress
     from repsim_jax.sweep import adapters
     import jax
     say = echo or (lambda s: None)
@@ -312,16 +312,18 @@ def run_sweep(cfg: SweepConfig, *, progress: bool | None = None,
     say(f"repsim sweep {chash} -> {store.root} ({'resuming' if resumed else 'new'}; "
         f"{len(units)} units; process {pi}/{pc}, {len(jax.local_devices())} local "
         f"{jax.default_backend()} device(s))")
-    ctx = SweepContext(cfg, data, models, shapes, local_mesh(), store)
+    ctx = SweepContext(cfg, data, models, shapes, local_mesh(), store, progress=progress)
     devices = _device_info()
-    show = progress if progress is not None else sys.stderr.isatty()
     stats = {"ran": 0, "resumed": 0}
     for phase in (1, 2):
         mine = plan_mod.partition([u for u in units if u.phase == phase], pi, pc)
-        bar = tqdm(mine, desc=f"sweep phase {phase}", unit="unit", disable=not show)
-        for unit in bar:
+        # a bar over the units with ETA on a terminal; in a log one line per finished unit
+        bar = _progress.bar(len(mine), desc=f"sweep phase {phase}", unit="unit",
+                            progress=progress, auto_lines=False)
+        for k, unit in enumerate(mine):
             bar.set_postfix_str(unit.key[:60])
             if store.is_done(unit.key):
+                bar.update(1)
                 stats["resumed"] += 1
                 store.append_log({"unit": unit.key, "status": "resumed", "process": pi})
                 continue
@@ -333,14 +335,21 @@ def run_sweep(cfg: SweepConfig, *, progress: bool | None = None,
             except Exception as e:  # noqa: BLE001 - name the unit that failed
                 raise SweepError(f"unit {unit.key} failed: {type(e).__name__}: {e}") from e
             seconds = time.time() - t0
+            bar.update(1)
             store.save(unit.key, result, {"seconds": seconds, "process": pi,
                                           "devices": devices["local_devices"]})
             stats["ran"] += 1
             store.append_log({"unit": unit.key, "status": "ran", "seconds": round(seconds, 3),
                               "process": pi, "devices": devices["local_devices"],
                               "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-            if not show:
-                say(f"  {unit.key}: {seconds:.1f} s")
+            eta = bar.eta()
+            line = (f"  {unit.key}: {seconds:.1f} s ({k + 1}/{len(mine)} units of phase "
+                    f"{phase}" + (f", ETA {eta:.0f} s)" if eta and k + 1 < len(mine) else ")"))
+            if bar.mode == "lines":
+                say(line)
+            else:
+                bar.log(line)
+        bar.close()
         _barrier(f"repsim-phase-{phase}")
     report_path = store.root / "report.html"
     if pi == 0 and write_report:
