@@ -117,7 +117,7 @@ def adapt_semantic(unit, ctx) -> dict[str, Any]:
     acts = ctx.activations(unit.model, unit.layers)
     reps = {l: _spatial(acts[l]) for l in unit.layers}
     kw = {k: v for k, v in opts.items() if k not in ("kernel", "matcher", "compare", "layers")}
-    kw.setdefault("devices", _rsm_devices(ctx))
+    kw.setdefault("mesh", _rsm_devices(ctx))
     kw.setdefault("progress", False)
     sem = sem_pkg.rsm(reps, kernel=opts["kernel"], matcher=opts["matcher"], **kw)
     kw.pop("size", None), kw.pop("k", None)
