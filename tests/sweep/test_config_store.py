@@ -90,6 +90,8 @@ def test_foreign_and_non_sweep_directories_are_refused(tmp_path):
     s.check_manifest()
     s.write_manifest()
     other = Store(tmp_path / "out", "hash-two", {"seed": 1, "methods": ["semantic"]})
+    assert other.check_manifest() is False    # nothing computed yet: taken over
+    s.save("u1", {"arrays": {"a": np.ones(3)}}, {})
     with pytest.raises(C.SweepError, match=r"another configuration.*seed: 0 -> 1.*--out"):
         other.check_manifest()
     junk = tmp_path / "junk"
