@@ -192,7 +192,7 @@ def adapt_semantic(unit, ctx) -> dict[str, Any]:
     reps = {l: _spatial(acts[l]) for l in unit.layers}
     kw = {k: v for k, v in opts.items() if k not in ("kernel", "matcher", "compare", "layers",
                                                      "n_images")}
-    kw.setdefault("devices", _rsm_devices(ctx))
+    kw.setdefault("mesh", _rsm_devices(ctx))
     kw.setdefault("progress", _inner(ctx))
     sem = sem_pkg.rsm(reps, kernel=opts["kernel"], matcher=opts["matcher"], **kw)
     for key in matcher_options():     # the identity baseline takes no matcher option
