@@ -451,7 +451,7 @@ def _input_shape(model) -> tuple[int, int, int]:
     shape = _expected_hwc(model)
     if shape is None or shape[-1] is None:
         raise InputError(f"{_model_label(model)} has no `input_shape` (H, W, C) attribute: "
-                         f"give input_shape=(H, W, C)")
+                         f"give input_shape=(H, W, C) (repsim layers: --input-shape H,W,C)")
     return tuple(shape)
 
 
