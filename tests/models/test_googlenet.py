@@ -156,14 +156,6 @@ def _sub(model, name):
     return m
 
 
-def _run_branch(branch, x):
-    if isinstance(branch, nnx.List):
-        for m in branch:
-            x = m(x)
-        return x
-    return branch(x)
-
-
 @nnx.jit
 def _ours(model, x):
     """Every named block, by calling the submodules in torchvision's order."""
@@ -171,7 +163,7 @@ def _ours(model, x):
     y = transform_input(x)
     for name in NAMES[:-1]:
         if ".branch" in name:
-            out[name] = _run_branch(_sub(model, name), out["maxpool2"])
+            out[name] = _sub(model, name)(out["maxpool2"])
             continue
         y = out[name] = _sub(model, name)(y)
         if name == "inception4a":
