@@ -399,3 +399,17 @@ def test_clip_model_checkpoint_gives_its_vision_tower(tmp_path_factory):
     emb = nnx.jit(lambda m, v: (m(v), m.vision_model(v)[0]))(model, pv)
     close("visual_projection", emb[0], ref)
     close("vision_model", emb[1], hidden)
+
+
+def test_dinov2_registers_classification_logits(tmp_path_factory):
+    tm, path = make(tmp_path_factory, "dinoregcls",
+                    transformers.Dinov2WithRegistersForImageClassification,
+                    dinov2_config(transformers.Dinov2WithRegistersConfig,
+                                  num_register_tokens=2, num_labels=3))
+    model = hf.load_hf(path)
+    assert model.hf_architecture == "Dinov2WithRegistersForImageClassification"
+    x = images(SIZES[1])
+    with torch.no_grad():
+        ref = tm(pixel_values(x)).logits
+    close("logits", nnx.jit(lambda m, v: m(v))(model, jnp.asarray(model.preprocess.normalize(x))),
+          ref)
