@@ -103,7 +103,7 @@ class CLIPVisionEmbeddings(nnx.Module):
         tokens = y.reshape(n, n_h * n_w, d)
         cls = jnp.broadcast_to(self.class_embedding[...], (n, 1, d))
         z = jnp.concatenate([cls, tokens], axis=1)
-        pos = self.position_embedding()[None]
+        pos = self.position_embedding()
         return z + interpolate_positions(pos, n_h, n_w, x.shape[1] == x.shape[2])
 
 
