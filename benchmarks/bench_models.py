@@ -8,7 +8,8 @@ Peers measured in the same run:
 * Hugging Face ports (``--part hf``): ViT-B/16-sized and ConvNeXt-T-sized models (random
   weights from transformers' default configs, saved by ``save_pretrained`` and read by
   ``load_hf``, so both sides hold the same weights), forward pass + capture of every block
-  (embeddings, each encoder layer / stage, final norm), images/s and peak resident memory
+  (embeddings, each encoder layer / stage, final norm; ``models.activations``), images/s and
+  peak resident memory
   during the pass, against transformers' forward with ``output_hidden_states=True``.
 
 Peak memory is the largest RSS sampled (every 2 ms) during the timed calls minus the RSS
@@ -67,29 +68,13 @@ class _PeakRSS:
 
 
 def _hf_blocks(model):
-    """A jit-compiled capture of every block of a port: {name: activation}."""
-    from flax import nnx
+    """Every block of a port, as ``activations`` names: embeddings, each encoder layer /
+    stage, the final norm."""
+    import re
 
-    prefix = "vit." if hasattr(model, "vit") else "convnext." if hasattr(model, "convnext") \
-        else ""
-
-    @nnx.jit
-    def run(model, x):
-        m = next((getattr(model, a) for a in ("vit", "convnext") if hasattr(model, a)), model)
-        out = {prefix + "embeddings": m.embeddings(x)}
-        h = out[prefix + "embeddings"]
-        blocks = m.encoder.layer if hasattr(m.encoder, "layer") else m.encoder.stages
-        kind = "encoder.layer" if hasattr(m.encoder, "layer") else "encoder.stages"
-        for i, blk in enumerate(blocks):
-            h = out[f"{prefix}{kind}.{i}"] = blk(h)
-        if kind == "encoder.layer":
-            out[prefix + "layernorm"] = m.layernorm(h)
-        else:
-            out[prefix + "layernorm"] = m.layernorm(h.mean(axis=(1, 2)))
-        out["logits"] = model(x)
-        return out
-
-    return run
+    from repsim_jax.models import list_layers
+    pat = r"((vit|convnext)\.)?(embeddings|encoder\.layer\.\d+|encoder\.stages\.\d+|layernorm)"
+    return [n for n in list_layers(model) if re.fullmatch(pat, n)]
 
 
 def hf_rows(quick: bool, repeats: int):
@@ -98,7 +83,7 @@ def hf_rows(quick: bool, repeats: int):
     import torch
     import transformers
 
-    from repsim_jax.models import load_hf
+    from repsim_jax.models import activations, load_hf
 
     if quick:
         cases = [("ViT (192 wide, 4 layers)", transformers.ViTModel,
@@ -121,29 +106,29 @@ def hf_rows(quick: bool, repeats: int):
             t = time.perf_counter()
             model = load_hf(tmp)
             load_s = time.perf_counter() - t
-        run = _hf_blocks(model)
-        x = np.random.default_rng(0).uniform(-1, 1, (batch, size, size, 3)).astype(np.float32)
-        xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
-        t = time.perf_counter()
-        out = jax.block_until_ready(run(model, x))
+        blocks = _hf_blocks(model)
+        x = np.random.default_rng(0).uniform(0, 1, (batch, size, size, 3)).astype(np.float32)
+        xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()   # no preprocessor file:
+        t = time.perf_counter()                                     # the port takes x as is
+        out = jax.block_until_ready(activations(model, x, blocks + ["logits"]))
         compile_s = time.perf_counter() - t
         with torch.no_grad():
             ref = tm(xt, output_hidden_states=True)
         last = ref.hidden_states[-1]
-        ours_last = [v for k, v in out.items() if k != "logits" and "layernorm" not in k][-1]
+        ours_last = out[[b for b in blocks if "layernorm" not in b][-1]]
         if last.ndim == 4:
             last = last.permute(0, 2, 3, 1)
         err = float(np.abs(np.asarray(ours_last) - last.numpy()).max())
-        task = f"{label} {batch}x{size}px, {len(out) - 1} blocks"
+        task = f"{label} {batch}x{size}px, {len(blocks)} blocks"
 
         def ours():
-            jax.block_until_ready(run(model, x))
+            jax.block_until_ready(activations(model, x, blocks + ["logits"]))
 
         def theirs():
             with torch.no_grad():
                 tm(xt, output_hidden_states=True)
 
-        for impl, fn, extra in (("repsim load_hf port (jit, all blocks)", ours,
+        for impl, fn, extra in (("repsim load_hf + activations (all blocks)", ours,
                                  {"load_s": load_s, "compile_s": compile_s,
                                   "max_abs_diff_last_block": err}),
                                 ("transformers (torch) output_hidden_states", theirs, {})):
