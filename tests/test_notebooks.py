@@ -218,3 +218,36 @@ def test_visual_summaries(notebook_env):
     masked = number(r"sharp mask's pixels blurred ([0-9.]+)", text)
     assert masked < clean   # the masked pixels carry class evidence
     assert len(re.findall(r"^class \w+: status ", text, re.M)) == 2
+
+
+def test_own_model_notebook_is_its_jupytext_source():
+    """colab/own_model.ipynb is what jupytext makes of colab/own_model.py (the source)."""
+    jupytext = pytest.importorskip("jupytext")
+    fresh = jupytext.read(COLAB / "own_model.py")
+    committed = nbformat.read(COLAB / "own_model.ipynb", as_version=4)
+    assert [c.source for c in committed.cells] == [c.source for c in fresh.cells], (
+        "own_model.ipynb differs from own_model.py: run jupytext --to ipynb colab/own_model.py")
+    assert all(not c.get("outputs") for c in committed.cells if c.cell_type == "code")
+    config = [c.source for c in committed.cells if c.cell_type == "code"][1]
+    assert len(re.findall(r"^MODEL_DIR = ", config, re.M)) == 1
+
+
+@pytest.mark.slow
+def test_own_model(notebook_env):
+    nb = execute("own_model", notebook_env)
+    text = text_of(nb)
+    assert n_pictures(nb) >= 1
+    assert "hf:Dinov2WithRegistersModel" in text
+    assert number(r"prefix tokens \(CLS \+ registers\): (\d+)", text) == 3
+    # every block: (N, 1 + 2 registers + 8 x 8 patches, D), 64 patch tokens kept
+    rows = re.findall(r"^(\S+) +\((\d+), (\d+), (\d+)\) -> patch tokens (\d+)$", text, re.M)
+    assert [r[0] for r in rows] == ["embeddings", "encoder.layer.0", "encoder.layer.1",
+                                    "layernorm"], text
+    assert all(int(r[2]) == 67 and int(r[4]) == 64 for r in rows), rows
+    diag = re.findall(r"diagonal min ([0-9.]+)", text)
+    assert len(diag) == 4 and all(float(d) == pytest.approx(1.0, abs=1e-4) for d in diag)
+    assert text.count("semantic >= spatio-semantic: True") == 4
+    cka = re.search(r"CKA diagonal: \[([^\]]+)\]", text).group(1).split()
+    assert [float(v) for v in cka] == pytest.approx([1.0] * 4, abs=1e-3)
+    report = re.search(r"report: (\S+)", text).group(1)
+    assert Path(notebook_env, report).is_file() or Path(report).is_file()
