@@ -55,9 +55,11 @@ MODEL_DIR = None  # <- the one line to change: a save_pretrained directory, e.g.
 # ```
 
 # %%
+import io
 import re
 
 import matplotlib.pyplot as plt
+from IPython.display import Image, display
 import numpy as np
 
 from repsim_jax import models, semantic, sweep
@@ -122,8 +124,10 @@ axes[1].imshow(cka, vmin=0, vmax=1, cmap="magma")
 axes[1].set_xticks(range(len(blocks)), blocks, rotation=90)
 axes[1].set_yticks(range(len(blocks)), blocks)
 axes[1].set_title("linear CKA between blocks")
-plt.tight_layout()
-plt.show()
+buf = io.BytesIO()   # shown as a PNG: inline on Colab, Jupyter and headless runs alike
+fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+plt.close(fig)
+display(Image(buf.getvalue()))
 
 # %% [markdown]
 # ## The same as a sweep: `hf = "DIR"` in `[[models]]`
