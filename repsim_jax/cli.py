@@ -3,6 +3,7 @@
   repsim demo                      every method on the built-in models and data
   repsim sweep --config run.toml   a configured sweep (flags override the file)
   repsim layers small_vgg          the capturable layers of a model, with shapes
+  repsim report OUT                re-render OUT/report.html from its results (no recompute)
 
 The command line only parses; the work is done by :mod:`repsim_jax.sweep`. Bad input
 (unknown model/layer/data set, a weight file for another architecture, an output
@@ -35,8 +36,18 @@ def _add_sweep_flags(p: argparse.ArgumentParser, *, demo: bool = False) -> None:
         g.add_argument("--name", help="name of the ported model (default: file stem)")
         g.add_argument("--layers", metavar="LIST", help="comma-separated layer names, or "
                        "'all' (default) or 'last'; see `repsim layers MODEL`")
-        g.add_argument("--data", metavar="SOURCE", help="repsim_shapes (default), "
-                       "tfds:<name>, or a .npz with an 'images' array")
+        g.add_argument("--data", metavar="SOURCE", help="repsim_shapes (default), digits, "
+                       "lfw_subset, tfds:<name>, hf:<DIR>, folder:<DIR> (or a directory of "
+                       "images, class sub-folders give labels), or a .npz with an 'images' "
+                       "array")
+        g.add_argument("--concepts", metavar="FILE", help="concept table of an image folder "
+                       "(CSV: path,<concept>,... with 0/1, or path,concept)")
+        g.add_argument("--masks", metavar="DIR", help="concept masks of an image folder "
+                       "(DIR/<image stem>/<concept>.png, or index PNGs + DIR/palette.csv)")
+        g.add_argument("--skip-bad-images", action="store_true", help="leave unreadable "
+                       "images out (one warning lists them) instead of stopping")
+        g.add_argument("--balanced", action="store_true", help="sample --n-images evenly "
+                       "across classes")
         g.add_argument("--split", help="data split (default: test)")
         g.add_argument("--data-dir", help="tfds data directory")
         g.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -48,7 +59,8 @@ def _add_sweep_flags(p: argparse.ArgumentParser, *, demo: bool = False) -> None:
                    f"{'/demo' if demo else ''})")
     g.add_argument("--batch-size", type=int, help="images per forward chunk (memory)")
     g = p.add_argument_group("how to run")
-    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g.add_argument("--no-progress", action="store_true", help="no progress output at all "
+                   "(bars on a terminal, lines in a log; also model training on first use)")
     g.add_argument("--distributed", action="store_true", help="call "
                    "jax.distributed.initialize() (auto-detects TPU pods, SLURM, Open MPI)")
     g.add_argument("--coordinator", metavar="HOST:PORT", help="jax.distributed coordinator")
@@ -62,6 +74,8 @@ _SWEEP_EPILOG = """examples:
                --data tfds:imagenet2012 --split validation --n-images 512 \\
                --methods semantic,invert --set semantic.matcher=window
   repsim sweep --config run.toml --set invert.B=5      (TOML keys: see repsim_jax.sweep.config)
+  repsim sweep --data folder:photos --concepts photos/concepts.csv --masks photos_masks \
+               --skip-bad-images --n-images 2000 --methods invert,concepts
 
 several hosts (jax.distributed): start the same command on every host, with --out on a
 file system all hosts share, plus --distributed (TPU pods, SLURM, Open MPI are detected) or
@@ -99,7 +113,21 @@ def build_parser() -> argparse.ArgumentParser:
     ly.add_argument("--num-classes", type=int, default=None,
                     help="classes of an architecture (changes only the last layer's shape; "
                     "default 1000, or the built-in data's classes for the small CNNs)")
+    rp = sub.add_parser("report", help="re-render the report of an existing output directory",
+                        description="Rewrites OUT/report.html (and OUT/arrays, tables, "
+                        "figures) from the finished units' checkpoints of a sweep directory: "
+                        "nothing is recomputed, no model or data is loaded. Works for any "
+                        "sweep output, also one made from precomputed activations.")
+    rp.add_argument("out", metavar="OUT", help="output directory of a sweep (has manifest.json)")
     return p
+
+
+def _cmd_report(args) -> int:
+    from repsim_jax.sweep import report
+    t0 = time.time()
+    path = report.render(args.out)
+    print(f"report: {path}  ({time.time() - t0:.1f} s)")
+    return 0
 
 
 def _config_dict(args, demo: bool) -> dict:
@@ -129,9 +157,13 @@ def _config_dict(args, demo: bool) -> dict:
         data = dict(d.get("data", {})) if isinstance(d.get("data", {}), dict) else \
             {"source": d["data"]}
         for key, val in (("source", args.data), ("split", args.split),
-                         ("data_dir", args.data_dir)):
+                         ("data_dir", args.data_dir), ("concepts", args.concepts),
+                         ("masks", args.masks)):
             if val is not None:
                 data[key] = val
+        for key in ("skip_bad_images", "balanced"):
+            if getattr(args, key):
+                data[key] = True
         d["data"] = data
     if args.n_images is not None:
         d.setdefault("data", {})["n_images"] = args.n_images
@@ -191,11 +223,24 @@ def main(argv=None) -> int:
         parser.print_help()
         return 0
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import contextlib
+
+    from repsim_jax import _progress
+    # --no-progress silences every progress=None of the library for this command
+    quiet = _progress.disabled() if getattr(args, "no_progress", False) \
+        else contextlib.nullcontext()
+    with quiet:
+        return _dispatch(args)
+
+
+def _dispatch(args) -> int:
     from repsim_jax._checks import InputError
     from repsim_jax.sweep.config import SweepError
     try:
         if args.command == "layers":
             return _cmd_layers(args)
+        if args.command == "report":
+            return _cmd_report(args)
         return _cmd_sweep(args, demo=args.command == "demo")
     except (InputError, KeyError, SweepError, FileNotFoundError, ValueError) as e:
         msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)

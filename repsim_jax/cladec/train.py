@@ -48,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from tqdm.auto import tqdm
+from repsim_jax import _progress
 
 from repsim_jax._checks import InputError, as_float_array, check_same_length, unknown_name
 from repsim_jax.cladec.decoder import Decoder, reinitialize
@@ -322,8 +322,8 @@ def train_members(loss_all: Callable, params, aux, consts, data: dict, *, steps:
 
     last_saved = start
     try:
-        with tqdm(total=steps, initial=min(start, steps), desc=desc,
-                  disable=None if progress else True) as bar:
+        with _progress.bar(steps, desc=desc, unit="step", progress=progress) as bar:
+            bar.update(min(start, steps))
             t = start
             while t < steps:
                 stop = min(t + log_every - (t % log_every), steps)

@@ -422,11 +422,9 @@ def optimise_masks(classifier, images, targets=None, *, smooth_steps: int | None
     if idx.size:
         size = min(bs, idx.size)
         chunks = _chunks(idx.size, size)
-        try:
-            from tqdm.auto import tqdm
-            chunks = tqdm(chunks, desc="masks", disable=not progress or len(chunks) < 2)
-        except ImportError:  # pragma: no cover
-            pass
+        from repsim_jax import _progress
+        chunks = _progress.track(chunks, desc="visual-summary masks", unit="chunk",
+                                 progress=progress if len(chunks) > 1 else False)
         for a, b in chunks:
             sel = idx[a:b]
             pad = np.concatenate([sel, np.repeat(sel[-1:], size - sel.size)])
