@@ -1,10 +1,11 @@
 # ---
 # jupyter:
 #   jupytext:
-#     formats: ipynb,py:percent
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -32,7 +33,7 @@ REPO_URL = "https://github.com/YOUR-ORG/repsim_jax"  # <- set me (any URL `pip i
 try:
     import repsim_jax  # already installed (local Jupyter, CI): nothing to install
 except ImportError:
-    %pip install -q "repsim_jax[notebooks] @ git+{REPO_URL}"
+    # %pip install -q "repsim_jax[notebooks] @ git+{REPO_URL}"
     import repsim_jax
 print("repsim_jax", repsim_jax.__version__)
 
@@ -40,6 +41,7 @@ print("repsim_jax", repsim_jax.__version__)
 import os
 
 SMALL = os.environ.get("REPSIM_NOTEBOOK_SMALL", "0") == "1"  # tiny sizes (CI sets this)
+DATA = "repsim_shapes"  # built-in concept data; "tfds:imagenette/160px", ... with a pretrained model
 MODEL_DIR = None  # <- the one line to change: a save_pretrained directory, e.g. "dinov2-small"
 
 # %% [markdown]
@@ -55,16 +57,15 @@ MODEL_DIR = None  # <- the one line to change: a save_pretrained directory, e.g.
 # ```
 
 # %%
-import io
 import re
 
-import matplotlib.pyplot as plt
-from IPython.display import Image, display
 import numpy as np
 
 from repsim_jax import models, semantic, sweep
-from repsim_jax.data import shapes
+from repsim_jax.data import sources
 from repsim_jax.models.preprocess import Preprocess, resize_array
+from repsim_jax.sweep import figures          # the report's figures, shown inline here
+from repsim_jax.sweep.figures import show
 
 if MODEL_DIR is None:   # offline: a random model of the same family, written as a checkpoint
     config = {"model_type": "dinov2_with_registers", "architectures": ["Dinov2WithRegistersModel"],
@@ -85,14 +86,21 @@ print(len(names), "layers; blocks:", blocks)
 # %% [markdown]
 # ## Activations of every block
 #
-# Images enter as NHWC in [0, 1]; `resize_array` applies the processor's resize/crop rule
-# (a no-op for the random model, 64 px), `activations` the normalisation. Token layers are
-# `[CLS, registers..., patches]`: the patch tokens start at `model.num_prefix_tokens`.
+# Images enter as NHWC in [0, 1]; `resize_array` (or the data loader, given the model)
+# applies the processor's resize/crop rule (a no-op for the random model, 64 px),
+# `activations` the normalisation. Token layers are `[CLS, registers..., patches]`: the
+# patch tokens start at `model.num_prefix_tokens`.
 
 # %%
-data = shapes.load("test")
 N = 24 if SMALL else 160
-x = resize_array(data.images[:N], model.preprocess)
+if DATA == "repsim_shapes":   # ground-truth concepts as the label sets of retrieval
+    data = sources.load("repsim_shapes", split="test").meta["shapes"].take(np.arange(N))
+    x, labels, classes = resize_array(data.images, model.preprocess), data.concept_labels, data.labels
+else:                         # a tfds set: resized/cropped by the model's rule, classes as labels
+    from repsim_jax import data as rdata
+    ds = rdata.load(DATA, split="auto", n_images=N, preprocess=model, stream=False)
+    x, classes = np.asarray(ds.images), np.asarray(ds.labels)
+    labels = classes[:, None] == np.arange(classes.max() + 1)[None, :]
 acts = models.activations(model, x, blocks, batch_size=16)
 patches = {b: np.asarray(acts[b])[:, model.num_prefix_tokens:] for b in blocks}
 for b in blocks:
@@ -107,7 +115,6 @@ for b in blocks:
 # %%
 K = semantic.rsm(patches, kernel="cosine", matcher="exact")
 K0 = semantic.rsm(patches, kernel="cosine", matcher="identity")
-labels = data.concept_labels[:N]
 for b in blocks:
     d = np.diag(np.asarray(K[b]))
     print(f"{b:24s} diagonal min {d.min():.4f} | retrieval F1 semantic "
@@ -117,17 +124,10 @@ for b in blocks:
 cka = semantic.compare(K, method="linear_cka")
 print("CKA diagonal:", np.round(np.diag(cka), 4))
 
-fig, axes = plt.subplots(1, 2, figsize=(9, 4))
-axes[0].imshow(np.asarray(K[blocks[-1]]), cmap="viridis")
-axes[0].set_title(f"semantic RSM, {blocks[-1]}")
-axes[1].imshow(cka, vmin=0, vmax=1, cmap="magma")
-axes[1].set_xticks(range(len(blocks)), blocks, rotation=90)
-axes[1].set_yticks(range(len(blocks)), blocks)
-axes[1].set_title("linear CKA between blocks")
-buf = io.BytesIO()   # shown as a PNG: inline on Colab, Jupyter and headless runs alike
-fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-plt.close(fig)
-display(Image(buf.getvalue()))
+show(figures.rsm_pair(K[blocks[-1]], K0[blocks[-1]], classes,
+                      title=f"{blocks[-1]}: patch tokens, semantic vs spatio-semantic"))
+show(figures.layer_map(cka, blocks, blocks, measure="linear CKA", row_model="model",
+                       col_model="model"))
 
 # %% [markdown]
 # ## The same as a sweep: `hf = "DIR"` in `[[models]]`
@@ -140,7 +140,7 @@ cfg = sweep.from_dict({
     "methods": ["semantic", "invert"],
     "models": [{"name": "dinov2", "hf": MODEL_DIR}],
     "layers": blocks[-2:],
-    "data": {"n_images": N},
+    "data": {"source": DATA, "n_images": N},
     "output": "own-model-sweep",
 })
 report = sweep.run_sweep(cfg, progress=False)
