@@ -129,9 +129,10 @@ def frozen(model: nnx.Module):
 
 def _taps(graphdef, params, rest, x, layers):
     # fresh Variable objects at the current trace level, so that BN may update its statistics
+    from repsim_jax.models.capture import record_layers
     m = nnx.merge(graphdef, params, jax.tree.map(lambda a: a, rest))
-    taps: dict = {}
-    logits = m(x, taps=taps)
+    # any nnx model (submodule paths + taps), its own normalisation, modes as _with_mode set
+    logits, taps = record_layers(m, x, eval_mode=False)
     taps.setdefault("logits", logits)
     _, _, new_rest = nnx.split(m, nnx.Param, ...)
     return [taps[k] for k in layers], logits, new_rest
@@ -144,7 +145,8 @@ def _constant(tree):
 
 
 def _logits(graphdef, params, rest, x):
-    return nnx.merge(graphdef, params, rest)(x)
+    from repsim_jax.models.capture import model_output
+    return model_output(nnx.merge(graphdef, params, rest), x)
 
 
 MEMBER_MAPS = ("auto", "vmap", "unroll")

@@ -298,7 +298,9 @@ class _NnxApply:
 
     def __call__(self, state, x):
         from flax import nnx
-        return nnx.merge(self.graphdef, state)(x)
+
+        from repsim_jax.models.capture import model_output   # its normalisation applied
+        return model_output(nnx.merge(self.graphdef, state), x)
 
     def __hash__(self):
         return hash(self.graphdef)

@@ -24,7 +24,8 @@ from repsim_jax._checks import InputError
 from repsim_jax.sweep.config import SweepError
 from repsim_jax.sweep.options import matcher_options
 
-__all__ = ["ADAPTERS", "REQUIRES", "run_unit", "check_available", "check_data"]
+__all__ = ["ADAPTERS", "REQUIRES", "run_unit", "check_available", "check_data",
+           "check_models", "NEEDS_MODEL"]
 
 # public functions each adapter calls: module -> names
 REQUIRES: dict[str, dict[str, tuple[str, ...]]] = {
@@ -44,6 +45,8 @@ REQUIRES: dict[str, dict[str, tuple[str, ...]]] = {
 SEMANTIC_MAX_IMAGES = 1000
 # what each method needs from the data
 NEEDS = {"invert": ("concept_labels",), "cladec": ("labels",), "summaries": ("labels",)}
+# methods that run the network itself (not only its activations)
+NEEDS_MODEL = ("cladec", "summaries")
 
 
 def _fn(module: str, name: str) -> Callable:
@@ -74,6 +77,21 @@ def check_data(methods, data) -> None:
                                  f"data set {data.name!r} does not provide (use "
                                  f"repsim_shapes, an image folder with --concepts FILE.csv, "
                                  f"or an .npz with a {field!r} array)")
+
+
+def check_models(units, models: dict) -> None:
+    """Clear error, before any unit runs, when a unit of a method that runs the network
+    (:data:`NEEDS_MODEL`) is planned for a model given only as precomputed activations."""
+    from repsim_jax.sweep.inputs import PrecomputedActivations
+    for unit in units:
+        m, name = unit.method, getattr(unit, "model", None)
+        if m in NEEDS_MODEL and name in models:
+            model = models[name]
+            if isinstance(model, PrecomputedActivations):
+                raise InputError(f"method {m!r} runs the network itself, but model {name!r} "
+                                 f"is precomputed activations ({model.source!r}); give the "
+                                 f"model (arch / hf / factory) or leave {m!r} out of methods "
+                                 f"(semantic, invert and concepts run on activations alone)")
 
 
 def _inner(ctx) -> bool | None:
@@ -174,7 +192,7 @@ def adapt_semantic(unit, ctx) -> dict[str, Any]:
     reps = {l: _spatial(acts[l]) for l in unit.layers}
     kw = {k: v for k, v in opts.items() if k not in ("kernel", "matcher", "compare", "layers",
                                                      "n_images")}
-    kw.setdefault("devices", _rsm_devices(ctx))
+    kw.setdefault("mesh", _rsm_devices(ctx))
     kw.setdefault("progress", _inner(ctx))
     sem = sem_pkg.rsm(reps, kernel=opts["kernel"], matcher=opts["matcher"], **kw)
     for key in matcher_options():     # the identity baseline takes no matcher option

@@ -51,7 +51,9 @@ import numpy as np
 from repsim_jax._checks import InputError, unknown_name
 from repsim_jax.sweep import plan as plan_mod
 from repsim_jax.sweep.config import SweepConfig, SweepError, check_config, config_hash
-from repsim_jax.sweep.inputs import SweepData, images_for, load_data, load_model
+from repsim_jax.sweep.inputs import (PrecomputedActivations, SweepData,
+                                    check_activations_length, images_for, load_data,
+                                    load_model)
 from repsim_jax.sweep.store import Store, atomic_write_text
 
 __all__ = ["run_sweep", "SweepContext", "maybe_initialize_distributed", "local_mesh",
@@ -101,7 +103,10 @@ def _barrier(name: str) -> None:
 
 
 def model_layers(model) -> dict[str, tuple]:
-    """Per-image shapes of the capturable layers of ``model``, in forward order."""
+    """Per-image shapes of the capturable layers of ``model``, in forward order (of the
+    arrays' order for precomputed activations)."""
+    if isinstance(model, PrecomputedActivations):
+        return model.layer_shapes()
     from repsim_jax.models import layer_shapes
     return layer_shapes(model)
 
@@ -139,7 +144,6 @@ class SweepContext:
         view, decoded ahead by background workers), each batch adapted to the model and
         sharded over the mesh when it divides evenly."""
         import jax
-        from jax.sharding import NamedSharding, PartitionSpec as P
 
         from repsim_jax.models import activations
         ndev = self.mesh.devices.size
@@ -147,10 +151,9 @@ class SweepContext:
         from repsim_jax.data.stream import iter_batches
         for start, batch in iter_batches(images, bs):
             x = images_for(self.models[model], batch)
-            sharding = (NamedSharding(self.mesh, P("data"))
-                        if ndev > 1 and len(x) % ndev == 0 else None)
-            out = activations(self.models[model], x, list(layers), batch_size=len(x),
-                              sharding=sharding)
+            # padded to a multiple of the device count inside, sharded over "data"
+            out = activations(self.models[model], x, list(layers), batch_size=bs,
+                              mesh=self.mesh if ndev > 1 else None)
             yield start, {k: np.asarray(jax.device_get(v)) for k, v in out.items()}
 
     def activations(self, model: str, layers: tuple[str, ...],
@@ -167,22 +170,22 @@ class SweepContext:
             self._cache.move_to_end(key)
             return self._cache[key]
         import jax
-        from jax.sharding import NamedSharding, PartitionSpec as P
 
         from repsim_jax.models import activations
-        if isinstance(self.data.images, np.ndarray):
+        if isinstance(self.models[model], PrecomputedActivations):
+            # precomputed: the same host arrays a forward pass would have given
+            arrays = self.models[model].arrays
+            idx = slice(None) if sub is None else np.asarray(sub, np.int64)
+            out = {k: np.asarray(arrays[k][idx], np.float32) for k in layers}
+        elif isinstance(self.data.images, np.ndarray):
             ndev = self.mesh.devices.size
             bs = self._batch_size()
             images = self.images(model)
             if sub is not None:
                 images = images[np.asarray(sub, np.int64)]
-            n = len(images)
-            # chunks of a multiple of the device count are sharded over "data"; a single
-            # chunk that does not divide evenly runs unsharded
-            sharding = (NamedSharding(self.mesh, P("data"))
-                        if ndev > 1 and (bs < n or n % ndev == 0) else None)
+            # chunks (padded to a multiple of the device count) sharded over "data"
             out = activations(self.models[model], images, list(layers), batch_size=bs,
-                              sharding=sharding)
+                              mesh=self.mesh if ndev > 1 else None)
             out = {k: np.asarray(jax.device_get(v)) for k, v in out.items()}
         else:   # a lazy data set: decode (in background workers) only what is asked
             view = self.data.images if sub is None else self.data.images.take(sub)
@@ -198,7 +201,10 @@ class SweepContext:
         streamed to the on-disk store (``OUT/activations``, zarr) as they are computed,
         read back in chunks; memory is bounded by the batch/chunk size, not by N. Reused
         when already complete (resume)."""
-        from repsim_jax.sweep.store import ActivationStore
+        from repsim_jax.sweep.store import ActivationStore, ChunkedActivations
+        if isinstance(self.models[model], PrecomputedActivations):   # already on disk
+            arrays = self.models[model].arrays
+            return {l: ChunkedActivations(arrays[l], self._batch_size()) for l in layers}
         if self._act_store is None:
             self._act_store = ActivationStore(self.store.root,
                                               chunk_images=self._batch_size())
@@ -279,15 +285,20 @@ def run_sweep(cfg: SweepConfig, *, progress: bool | None = None,
     for spec in cfg.models:
         models[spec.name] = load_model(spec, seed=cfg.seed)
         shapes[spec.name] = model_layers(models[spec.name])
-    data = load_data(cfg.data, preprocess=models[cfg.models[0].name], seed=cfg.seed,
+    runnable = [m for m in models.values() if not isinstance(m, PrecomputedActivations)]
+    data = load_data(cfg.data, preprocess=runnable[0] if runnable else None, seed=cfg.seed,
                      echo=say)
     adapters.check_data(cfg.methods, data)
+    for m in models.values():
+        if isinstance(m, PrecomputedActivations):
+            check_activations_length(m, len(data))
     layers = _layers_by_model(cfg, shapes)
     units = plan_mod.plan_units(
         cfg.methods, layers, shapes,
         {m: cfg.method_options(m).get("layers", "all") for m in cfg.methods})
     for method in sorted({u.method for u in units}):
         adapters.check_available(method)
+    adapters.check_models(units, models)
 
     if pi == 0:
         if not resumed:
