@@ -35,8 +35,18 @@ def _add_sweep_flags(p: argparse.ArgumentParser, *, demo: bool = False) -> None:
         g.add_argument("--name", help="name of the ported model (default: file stem)")
         g.add_argument("--layers", metavar="LIST", help="comma-separated layer names, or "
                        "'all' (default) or 'last'; see `repsim layers MODEL`")
-        g.add_argument("--data", metavar="SOURCE", help="repsim_shapes (default), "
-                       "tfds:<name>, or a .npz with an 'images' array")
+        g.add_argument("--data", metavar="SOURCE", help="repsim_shapes (default), digits, "
+                       "lfw_subset, tfds:<name>, hf:<DIR>, folder:<DIR> (or a directory of "
+                       "images, class sub-folders give labels), or a .npz with an 'images' "
+                       "array")
+        g.add_argument("--concepts", metavar="FILE", help="concept table of an image folder "
+                       "(CSV: path,<concept>,... with 0/1, or path,concept)")
+        g.add_argument("--masks", metavar="DIR", help="concept masks of an image folder "
+                       "(DIR/<image stem>/<concept>.png, or index PNGs + DIR/palette.csv)")
+        g.add_argument("--skip-bad-images", action="store_true", help="leave unreadable "
+                       "images out (one warning lists them) instead of stopping")
+        g.add_argument("--balanced", action="store_true", help="sample --n-images evenly "
+                       "across classes")
         g.add_argument("--split", help="data split (default: test)")
         g.add_argument("--data-dir", help="tfds data directory")
         g.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -62,6 +72,8 @@ _SWEEP_EPILOG = """examples:
                --data tfds:imagenet2012 --split validation --n-images 512 \\
                --methods semantic,invert --set semantic.matcher=window
   repsim sweep --config run.toml --set invert.B=5      (TOML keys: see repsim_jax.sweep.config)
+  repsim sweep --data folder:photos --concepts photos/concepts.csv --masks photos_masks \
+               --skip-bad-images --n-images 2000 --methods invert,concepts
 
 several hosts (jax.distributed): start the same command on every host, with --out on a
 file system all hosts share, plus --distributed (TPU pods, SLURM, Open MPI are detected) or
@@ -129,9 +141,13 @@ def _config_dict(args, demo: bool) -> dict:
         data = dict(d.get("data", {})) if isinstance(d.get("data", {}), dict) else \
             {"source": d["data"]}
         for key, val in (("source", args.data), ("split", args.split),
-                         ("data_dir", args.data_dir)):
+                         ("data_dir", args.data_dir), ("concepts", args.concepts),
+                         ("masks", args.masks)):
             if val is not None:
                 data[key] = val
+        for key in ("skip_bad_images", "balanced"):
+            if getattr(args, key):
+                data[key] = True
         d["data"] = data
     if args.n_images is not None:
         d.setdefault("data", {})["n_images"] = args.n_images

@@ -14,6 +14,7 @@ from flax import nnx
 
 from repsim_jax._checks import InputError, unknown_name
 from repsim_jax.models.alexnet import alexnet
+from repsim_jax.models.googlenet import googlenet
 from repsim_jax.models.capture import Taps, activations, forward, layer_shapes, list_layers, tap
 from repsim_jax.models.mtcnn import (ONet, PNet, RNet, fetch_mtcnn_weights, load_mtcnn,
                                      mtcnn_normalize)
@@ -22,17 +23,19 @@ from repsim_jax.models.port import (PortError, UnsafeWeightsError, WeightsFileEr
                                     port_torchvision, save_npz, save_safetensors)
 from repsim_jax.models.resnet import resnet18, resnet34, resnet50
 from repsim_jax.models.vgg import vgg11, vgg11_bn, vgg16, vgg16_bn
+from repsim_jax.models.hf import build_hf, load_hf, save_hf
 
 __all__ = ["activations", "forward", "layer_shapes", "list_layers", "tap", "Taps", "build",
            "model_names", "load_state_dict", "port_torchvision", "export_state_dict",
            "save_npz", "save_safetensors", "load_ported", "PortError", "WeightsFileError",
            "UnsafeWeightsError", "load_mtcnn", "fetch_mtcnn_weights", "mtcnn_normalize",
-           "PNet", "RNet", "ONet"]
+           "PNet", "RNet", "ONet", "load_hf", "build_hf", "save_hf"]
 
 TORCHVISION_MODELS: dict[str, Callable] = {
     "resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50,
     "vgg11": vgg11, "vgg11_bn": vgg11_bn, "vgg16": vgg16, "vgg16_bn": vgg16_bn,
     "alexnet": alexnet,
+    "googlenet": googlenet,
 }
 
 

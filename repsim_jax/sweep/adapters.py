@@ -40,6 +40,8 @@ REQUIRES: dict[str, dict[str, tuple[str, ...]]] = {
     "summaries": {"repsim_jax.summaries.pipeline": ("visual_summaries",),
                   "repsim_jax.summaries.regions": ("crop_regions",)},
 }
+# inputs of the semantic RSM when semantic.n_images is not set (its cost grows as N^2)
+SEMANTIC_MAX_IMAGES = 1000
 # what each method needs from the data
 NEEDS = {"invert": ("concept_labels",), "cladec": ("labels",), "summaries": ("labels",)}
 
@@ -70,7 +72,8 @@ def check_data(methods, data) -> None:
             if getattr(data, field) is None:
                 raise InputError(f"method {m!r} needs {field.replace('_', ' ')}, which the "
                                  f"data set {data.name!r} does not provide (use "
-                                 f"repsim_shapes, or an .npz with a {field!r} array)")
+                                 f"repsim_shapes, an image folder with --concepts FILE.csv, "
+                                 f"or an .npz with a {field!r} array)")
 
 
 def _spatial(a: np.ndarray) -> np.ndarray:
@@ -115,9 +118,18 @@ def adapt_semantic(unit, ctx) -> dict[str, Any]:
     """Semantic RSMs (and the spatio-semantic baseline) of a group of equal-shape layers."""
     opts = ctx.cfg.method_options("semantic")
     sem_pkg = importlib.import_module("repsim_jax.semantic")
-    acts = ctx.activations(unit.model, unit.layers)
+    # its cost grows as N^2: a seeded subset of n_images inputs (None: all up to
+    # SEMANTIC_MAX_IMAGES); the same subset for every layer and model of the sweep
+    n_all = len(ctx.data)
+    cap = opts.get("n_images")
+    cap = SEMANTIC_MAX_IMAGES if cap is None and n_all > SEMANTIC_MAX_IMAGES else cap
+    sub = None if cap is None or int(cap) >= n_all else _subset(n_all, cap, ctx.cfg.seed)
+    acts = ctx.activations(unit.model, unit.layers, indices=sub)
+    pick = (lambda a: a) if sub is None else (lambda a: None if a is None  # noqa: E731
+                                              else np.asarray(a)[sub])
     reps = {l: _spatial(acts[l]) for l in unit.layers}
-    kw = {k: v for k, v in opts.items() if k not in ("kernel", "matcher", "compare", "layers")}
+    kw = {k: v for k, v in opts.items() if k not in ("kernel", "matcher", "compare", "layers",
+                                                     "n_images")}
     kw.setdefault("devices", _rsm_devices(ctx))
     kw.setdefault("progress", False)
     sem = sem_pkg.rsm(reps, kernel=opts["kernel"], matcher=opts["matcher"], **kw)
@@ -136,17 +148,17 @@ def adapt_semantic(unit, ctx) -> dict[str, Any]:
         row = {"model": unit.model, "layer": l, "n": int(s.shape[0]),
                "mean_offdiag_semantic": float(s[off].mean()),
                "mean_offdiag_identity": float(b[off].mean())}
-        if ctx.data.labels is not None:
-            row["top1_class_semantic"] = float(sem_pkg.top1_agreement(s, ctx.data.labels))
-            row["top1_class_identity"] = float(sem_pkg.top1_agreement(b, ctx.data.labels))
-        if ctx.data.concept_labels is not None:
-            row["retrieval_f1_semantic"] = float(sem_pkg.retrieval_f1(
-                s, ctx.data.concept_labels))
-            row["retrieval_f1_identity"] = float(sem_pkg.retrieval_f1(
-                b, ctx.data.concept_labels))
+        labels, concept_labels = pick(ctx.data.labels), pick(ctx.data.concept_labels)
+        if labels is not None:
+            row["top1_class_semantic"] = float(sem_pkg.top1_agreement(s, labels))
+            row["top1_class_identity"] = float(sem_pkg.top1_agreement(b, labels))
+        if concept_labels is not None:
+            row["retrieval_f1_semantic"] = float(sem_pkg.retrieval_f1(s, concept_labels))
+            row["retrieval_f1_identity"] = float(sem_pkg.retrieval_f1(b, concept_labels))
         rows.append(row)
     return {"arrays": arrays, "figures": figures, "tables": {"semantic_layers": rows},
-            "meta": {"summary": f"{len(unit.layers)} layer(s), N={len(ctx.data)}"}}
+            "meta": {"summary": f"{len(unit.layers)} layer(s), N={len(s)}"
+                                + ("" if sub is None else f" (seeded subset of {n_all})")}}
 
 
 def adapt_semantic_compare(unit, ctx) -> dict[str, Any]:
@@ -188,11 +200,14 @@ def adapt_invert(unit, ctx) -> dict[str, Any]:
     """INVERT labels (best formula, AUC, p-value) for every neuron of a group of layers."""
     opts = ctx.cfg.method_options("invert")
     explain = _fn("repsim_jax.invert", "explain")
-    acts = ctx.activations(unit.model, unit.layers)
+    # activations streamed to the on-disk store, reduced over space chunk by chunk:
+    # (N, neurons) is all INVERT holds in memory, whatever N
+    stored = ctx.stored_activations(unit.model, unit.layers)
+    acts = {l: stored[l].reduce(opts.get("reduction", "mean")) for l in unit.layers}
     # every option but "layers" is a keyword of explain (checked by sweep.options)
     kw = {k: v for k, v in opts.items() if k != "layers"}
     out = explain({l: acts[l] for l in unit.layers}, ctx.data.concept_labels,
-                  list(ctx.data.concept_names), devices=list(ctx.mesh.devices.flat), **kw)
+                  list(ctx.data.concept_names), mesh=ctx.mesh, **kw)
     rows, arrays, figures = [], {}, []
     for l in unit.layers:
         res = out[l]
@@ -243,24 +258,55 @@ def adapt_invert_fdr(unit, ctx) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- concepts
+def _subset(n: int, cap, seed: int) -> np.ndarray:
+    """All of ``range(n)`` when ``cap`` is None or >= n, else a seeded sorted subset."""
+    from repsim_jax.data import sample_indices
+    return sample_indices(n, None if cap is None else int(cap), seed)
+
+
 def adapt_concepts(unit, ctx) -> dict[str, Any]:
-    """ICE concepts (NMF of the non-negative activations) of each layer of the group."""
+    """ICE concepts (NMF of the non-negative activations) of each layer of the group.
+
+    At scale (activations from the on-disk store): the concept vectors are fitted on a
+    seeded subset of ``fit_images`` inputs (all when N is smaller), then every input's
+    concept maps are computed chunk by chunk against them (``ice_transform``) and
+    resized to ``resolution``; memory is bounded by ``fit_images`` and the chunk size.
+    The reconstruction errors are those of the fitting inputs. Net2Vec trains and tests
+    on a seeded subset of ``net2vec_images`` inputs (first half / second half).
+    """
     opts = ctx.cfg.method_options("concepts")
     ice_fit = _fn("repsim_jax.concepts.nmf", "ice_fit")
+    ice_transform = _fn("repsim_jax.concepts.nmf", "ice_transform")
     resize = _fn("repsim_jax.concepts.similarity", "resize_maps")
-    acts = ctx.activations(unit.model, unit.layers)
+    stored = ctx.stored_activations(unit.model, unit.layers)
+    n = len(ctx.data)
+    fit_idx = _subset(n, opts.get("fit_images"), ctx.seed(unit))
     arrays, rows, figures = {}, [], []
     r = int(opts["resolution"])
-    n_show = min(4, len(ctx.data))
+    n_show = min(4, n)
     for l in unit.layers:
-        a = np.maximum(_spatial(acts[l]), 0.0)   # ICE factorises non-negative activations
+        a = np.maximum(_spatial(stored[l].take(fit_idx)), 0.0)   # ICE: non-negative
         k = int(min(opts["k"], a.shape[-1]))
         ice = ice_fit(a, k, layer=l, max_iter=int(opts["max_iter"]))
-        maps = np.asarray(ice.maps, np.float32)
-        arrays[f"maps/{l}"] = np.asarray(resize(maps, (r, r)), np.float32)
+        del a
+        if len(fit_idx) == n:
+            maps = np.asarray(ice.maps, np.float32)
+            small = np.asarray(resize(maps, (r, r)), np.float32)
+            first = maps[:n_show]
+        else:
+            small, first = None, None
+            for s, block in stored[l].chunks():
+                m = np.asarray(ice_transform(ice, np.maximum(_spatial(block), 0.0),
+                                             max_iter=int(opts["max_iter"])), np.float32)
+                if small is None:
+                    small = np.empty((n, r, r, m.shape[-1]), np.float32)
+                small[s:s + len(m)] = np.asarray(resize(m, (r, r)), np.float32)
+                if first is None:
+                    first = m[:n_show]
+        arrays[f"maps/{l}"] = small
         arrays[f"components/{l}"] = np.asarray(ice.components, np.float32)
         # first images' concept maps, one tile per (image, concept), each normalised
-        tiles = maps[:n_show].transpose(0, 3, 1, 2).reshape(n_show * k, *maps.shape[1:3])
+        tiles = first.transpose(0, 3, 1, 2).reshape(n_show * k, *first.shape[1:3])
         tiles = tiles / np.maximum(tiles.reshape(len(tiles), -1).max(1), 1e-12)[:, None, None]
         arrays[f"map_tiles/{l}"] = tiles
         figures.append({"kind": "images", "array": f"map_tiles/{l}", "name": f"maps_{l}",
@@ -268,21 +314,24 @@ def adapt_concepts(unit, ctx) -> dict[str, Any]:
                         f"(rows: images, columns: concepts)"})
         rows.append({"model": unit.model, "layer": l, "k": k,
                      "reconstruction_error": float(ice.reconstruction_error),
-                     "relative_error": float(ice.relative_error), "n_iter": int(ice.n_iter)})
+                     "relative_error": float(ice.relative_error), "n_iter": int(ice.n_iter),
+                     "fit_images": int(len(fit_idx))})
     tables = {"concepts_ice": rows}
     if opts.get("net2vec", True) and ctx.data.concept_masks is not None:
-        tables["concepts_net2vec"] = _net2vec(unit, ctx, acts, opts, arrays, figures)
+        tables["concepts_net2vec"] = _net2vec(unit, ctx, stored, opts, arrays, figures)
     return {"arrays": arrays, "tables": tables, "figures": figures,
             "meta": {"summary": f"ICE with k={opts['k']} on {len(unit.layers)} layer(s)"
                                 + (", Net2Vec" if "concepts_net2vec" in tables else "")}}
 
 
-def _net2vec(unit, ctx, acts, opts, arrays, figures) -> list[dict]:
-    """Supervised concept filters (Net2Vec): trained on the first half of the images, set
-    IoU on the second half, every concept x layer of the group at once."""
+def _net2vec(unit, ctx, stored, opts, arrays, figures) -> list[dict]:
+    """Supervised concept filters (Net2Vec): trained on the first half of the (subset of)
+    images, set IoU on the second half, every concept x layer of the group at once."""
     net2vec = _fn("repsim_jax.concepts.net2vec", "net2vec")
     Net2VecConfig = _fn("repsim_jax.concepts.net2vec", "Net2VecConfig")
+    idx = _subset(len(ctx.data), opts.get("net2vec_images"), ctx.seed(unit) + 1)
     masks = ctx.data.concept_masks
+    masks = np.asarray(masks[idx]) if len(idx) < len(ctx.data) else np.asarray(masks)
     names = list(ctx.data.concept_names)
     present = masks.reshape(-1, masks.shape[-1]).any(0)
     n = len(masks) // 2
@@ -290,8 +339,9 @@ def _net2vec(unit, ctx, acts, opts, arrays, figures) -> list[dict]:
                           & masks[n:].reshape(-1, masks.shape[-1]).any(0) & present)
     cfg = Net2VecConfig(epochs=int(opts.get("net2vec_epochs", 30)), seed=ctx.seed(unit),
                         progress=False)
-    res = net2vec({l: _spatial(acts[l])[:n] for l in unit.layers}, masks[:n][..., keep],
-                  {l: _spatial(acts[l])[n:] for l in unit.layers}, masks[n:][..., keep],
+    acts = {l: _spatial(stored[l].take(idx)) for l in unit.layers}
+    res = net2vec({l: acts[l][:n] for l in unit.layers}, masks[:n][..., keep],
+                  {l: acts[l][n:] for l in unit.layers}, masks[n:][..., keep],
                   [names[i] for i in keep], cfg)
     iou = np.asarray(res.iou, np.float64)
     arrays["net2vec_iou"] = iou

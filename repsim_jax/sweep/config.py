@@ -16,9 +16,14 @@ TOML example (every key optional; the defaults are the built-in demo)::
     batch_size = 64
 
     [data]
-    source = "repsim_shapes"    # or "tfds:cifar10", or a path to an .npz of arrays
+    source = "repsim_shapes"    # or "tfds:cifar10", "digits", "lfw_subset", "hf:DIR",
+                                # "folder:DIR" (or a bare directory), an .npz/.npy of arrays
     split = "test"
-    n_images = 64
+    n_images = 64               # a seeded subset (the sweep seed); "all" for every image
+    concepts = "concepts.csv"   # image folders: per-image concept tags (wide or long CSV)
+    masks = "masks/"            # image folders: per-pixel concept masks (PNG)
+    skip_bad_images = false     # true: leave unreadable images out (one warning)
+    balanced = false            # true: n_images // classes images per class
 
     [[models]]
     name = "small_vgg"          # a built-in trained model
@@ -57,13 +62,17 @@ METHODS = ("semantic", "invert", "concepts", "cladec", "summaries")
 # ``layers`` (per method) narrows the sweep's layer list for that method: "all", "last"
 # (the deepest layer), or a list of names.
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    # n_images: a seeded subset for the N^2 RSMs (None: all, at most 1000)
     "semantic": {"kernel": "cosine", "matcher": "exact", "compare": "linear_cka",
-                 "layers": "all"},
+                 "layers": "all", "n_images": None},
     "invert": {"L": 2, "B": 3, "min_fraction": 0.0, "max_fraction": 0.5,
                "reduction": "mean", "layers": "all"},
     "concepts": {"k": 5, "max_iter": 100, "metric": "cosine", "resolution": 8,
                  "layer_score": "best_match", "net2vec": True, "net2vec_epochs": 30,
-                 "layers": "all"},
+                 "layers": "all",
+                 # at scale: ICE fitted on a seeded subset, maps of all inputs by chunks;
+                 # Net2Vec trained/tested on a seeded subset (sweep.adapters.adapt_concepts)
+                 "fit_images": 1000, "net2vec_images": 1000},
     "cladec": {"alpha": 0.5, "steps": 150, "lr": 3e-3, "batch_size": 32, "layers": "last"},
     "summaries": {"classes": "all", "max_images": 4, "steps_smooth": 60, "steps_sharp": 30},
 }
@@ -94,11 +103,21 @@ class ModelSpec:
 
 @dataclasses.dataclass(frozen=True)
 class DataSpec:
-    """``source``: "repsim_shapes", "tfds:<name>", or a path to an .npz/.npy of arrays."""
+    """``source``: any source of :func:`repsim_jax.data.load` ("repsim_shapes", "digits",
+    "lfw_subset", "tfds:<name>", "hf:<DIR>", "folder:<DIR>" or a directory, an .npz/.npy);
+    ``n_images`` None = all; ``concepts`` / ``masks``: annotation files of an image folder
+    (:mod:`repsim_jax.data.annotations`)."""
     source: str = "repsim_shapes"
     split: str = "test"
-    n_images: int = 64
+    n_images: int | None = 64
     data_dir: str | None = None
+    concepts: str | None = None
+    masks: str | None = None
+    skip_bad_images: bool = False
+    balanced: bool = False
+
+
+_DATA_FLAGS = ("skip_bad_images", "balanced")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,7 +155,10 @@ class SweepConfig:
             "models": [{k: v for k, v in dataclasses.asdict(m).items() if v is not None}
                        for m in self.models],
             "layers": self.layers if isinstance(self.layers, str) else list(self.layers),
-            "data": {k: v for k, v in dataclasses.asdict(self.data).items() if v is not None},
+            # unset keys are left out, so older configurations keep their hash
+            "data": {k: v for k, v in dataclasses.asdict(self.data).items()
+                     if v is not None and not (v is False and k in _DATA_FLAGS)}
+            | ({"n_images": "all"} if self.data.n_images is None else {}),
             "seed": self.seed, "output": self.output, "batch_size": self.batch_size,
             "options": {m: dict(o) for m, o in self.options.items()},
             "distributed": dataclasses.asdict(self.distributed),
@@ -204,6 +226,8 @@ def from_dict(d: Mapping[str, Any]) -> SweepConfig:
     if isinstance(data, str):
         data = {"source": data}
     _opts.check_section("data", data, defaults=_field_defaults(DataSpec))
+    if data.get("n_images") == "all":
+        data = {**data, "n_images": None}
     data = DataSpec(**data)
     options = copy.deepcopy(METHOD_DEFAULTS)
     given = dict(d.get("options", {}))
@@ -307,6 +331,21 @@ def _file_digest(path: str) -> str:
     return h.hexdigest()
 
 
+def _folder_digest(path: str) -> str:
+    """sha256 of a folder's file listing (relative path, size, mtime): cheap for large
+    image folders, and changed by any added, removed or rewritten file."""
+    root = Path(path)
+    if not root.is_dir():
+        return "missing"
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            st = p.stat()
+            h.update(f"{p.relative_to(root).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n"
+                     .encode())
+    return h.hexdigest()
+
+
 def config_hash(cfg: SweepConfig) -> str:
     """sha256 of everything that determines the numbers (not output/progress/hosts).
 
@@ -324,6 +363,14 @@ def config_hash(cfg: SweepConfig) -> str:
     if src.endswith((".npz", ".npy")):
         d["data"]["sha256"] = _file_digest(src)
         d["data"]["source"] = os.path.basename(src)
+    elif src.startswith("folder:") or os.path.isdir(src):
+        d["data"]["listing_sha256"] = _folder_digest(src[7:] if src.startswith("folder:")
+                                                     else src)
+    for key in ("concepts", "masks"):
+        if d["data"].get(key):
+            p = d["data"][key]
+            d["data"][f"{key}_sha256"] = (_folder_digest(p) if os.path.isdir(p)
+                                          else _file_digest(p))
     d["options"] = {m: o for m, o in d["options"].items() if m in d["methods"]}
     text = json.dumps(d, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -1,163 +1,40 @@
-"""Inputs of a sweep: the data set (built-in, tfds, arrays on disk) and the models.
+"""Inputs of a sweep: the data set (through :func:`repsim_jax.data.load`) and the models.
 
 Only this module knows where images and weights come from; the rest of the sweep sees a
-:class:`SweepData` (plain arrays) and nnx models following the capture convention of
-:mod:`repsim_jax.models.capture`.
+:class:`~repsim_jax.data.Dataset` (images as an array or a lazy view, annotations) and nnx
+models following the capture convention of :mod:`repsim_jax.models.capture`.
 """
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Callable
 
 import numpy as np
 
-from repsim_jax._checks import InputError, as_float_array, unknown_name
+from repsim_jax._checks import InputError, unknown_name
+from repsim_jax.data.dataset import Dataset
 from repsim_jax.sweep.config import DataSpec, ModelSpec
 
 __all__ = ["SweepData", "load_data", "load_model", "images_for"]
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class SweepData:
-    """Images (N, H, W, C) float32 plus whatever annotations the source has."""
-    name: str
-    images: np.ndarray
-    labels: np.ndarray | None = None             # (N,) int
-    concept_labels: np.ndarray | None = None     # (N, C) bool
-    concept_names: tuple[str, ...] = ()
-    concept_masks: np.ndarray | None = None      # (N, H, W, C) bool
-    class_names: tuple[str, ...] = ()
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
+# The sweep's data is the data layer's one record (images may be a lazy view).
+SweepData = Dataset
 
 
-def _from_shapes(spec: DataSpec) -> SweepData:
-    """The first ``n_images`` of a built-in split; a smaller sample of the same
-    distribution (same split seed, disjoint from the training images) is generated directly
-    instead of rendering the whole split."""
-    from repsim_jax.data import shapes
-    if spec.split not in shapes.SPLITS:
-        raise unknown_name("split of repsim_shapes", spec.split, list(shapes.SPLITS))
-    size, split_seed = shapes.SPLITS[spec.split]
-    if spec.n_images >= size or spec.split == "train":
-        d = shapes.load(spec.split)
-        d = d.take(slice(0, min(spec.n_images, len(d))))
-    else:
-        d = shapes.generate(spec.n_images, seed=split_seed)
-    masks = d.concept_masks() if callable(d.concept_masks) else d.concept_masks
-    return SweepData("repsim_shapes", np.asarray(d.images, np.float32),
-                     np.asarray(d.labels), np.asarray(d.concept_labels, bool),
-                     tuple(d.concept_names), np.asarray(masks, bool), tuple(d.class_names))
+def load_data(spec: DataSpec, *, preprocess=None, seed: int = 0,
+              echo: Callable[[str], None] | None = None) -> Dataset:
+    """The sweep's images through :func:`repsim_jax.data.load` (every source it knows).
 
-
-def _from_arrays(spec: DataSpec) -> SweepData:
-    path = Path(spec.source)
-    if not path.is_file():
-        raise InputError(f"data: array file {str(path)!r} does not exist")
-    try:
-        if path.suffix == ".npy":
-            arrays: dict[str, Any] = {"images": np.load(path, allow_pickle=False)}
-        else:
-            with np.load(path, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-    except (ValueError, OSError) as e:
-        raise InputError(f"data: cannot read {str(path)!r} as numpy arrays ({e})") from None
-    if "images" not in arrays:
-        raise InputError(f"data: {str(path)!r} has no 'images' array (found "
-                         f"{sorted(arrays)}); expected images (N, H, W, C) and optionally "
-                         f"labels, concept_labels, concept_names, concept_masks, class_names")
-    images = arrays["images"]
-    if images.ndim == 3:
-        images = images[..., None]
-    as_float_array(images, "data images", ndim=4)
-    images = np.asarray(images, np.float32)
-    if images.max() > 1.5:   # uint8-style range
-        images = images / 255.0
-    n = min(spec.n_images, images.shape[0])
-    get = lambda k: arrays[k][:n] if k in arrays else None  # noqa: E731
-    names = tuple(str(s) for s in arrays.get("concept_names", ()))
-    cl = get("concept_labels")
-    if cl is not None and not names:
-        names = tuple(f"concept{i}" for i in range(cl.shape[1]))
-    return SweepData(path.stem, images[:n], get("labels"),
-                     None if cl is None else cl.astype(bool), names,
-                     None if get("concept_masks") is None else get("concept_masks").astype(bool),
-                     tuple(str(s) for s in arrays.get("class_names", ())))
-
-
-def _from_tfds(spec: DataSpec) -> SweepData:
-    """The first ``n_images`` of a tfds split, read as numpy (no TensorFlow needed)."""
-    import difflib
-
-    import tensorflow_datasets as tfds
-    name = spec.source.split(":", 1)[1]
-    try:
-        builder = tfds.builder(name, data_dir=spec.data_dir)
-    except tfds.core.registered.DatasetNotFoundError:
-        close = difflib.get_close_matches(name.split("/")[0], tfds.list_builders(with_community_datasets=False), n=3)
-        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise InputError(f"unknown tfds data set {name!r}.{hint} (see "
-                         f"https://www.tensorflow.org/datasets/catalog)") from None
-    info_dir = Path(builder.data_dir)
-    if not (info_dir / "dataset_info.json").is_file():
-        if getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None):
-            raise InputError(f"tfds data set {name!r} needs a manual download: "
-                             f"{' '.join(str(builder.MANUAL_DOWNLOAD_INSTRUCTIONS).split())}"
-                             f" (put the files into "
-                             f"{Path(builder.data_dir_root) / 'downloads' / 'manual'})")
-        try:
-            builder.download_and_prepare(file_format="array_record")
-        except Exception as e:  # noqa: BLE001 - network, disk, missing files...
-            raise InputError(f"tfds data set {name!r} is not prepared in "
-                             f"{builder.data_dir_root} and could not be downloaded/prepared "
-                             f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
-    try:
-        source = builder.as_data_source(split=spec.split)
-    except Exception as e:  # noqa: BLE001 - unknown split, tfrecord-only preparation
-        raise InputError(f"tfds data set {name!r}, split {spec.split!r}: "
-                         f"{str(e).splitlines()[0][:300]}") from None
-    n = min(spec.n_images, len(source))
-    records = [source[i] for i in range(n)]
-    feats = builder.info.features
-    image_key = next((k for k in ("image", "img", "images") if k in records[0]), None)
-    if image_key is None:
-        raise InputError(f"tfds data set {name!r} has no image feature "
-                         f"(features: {sorted(records[0])})")
-    first = np.asarray(records[0][image_key])
-    images = []
-    for r in records:
-        x = np.asarray(r[image_key], np.float32)
-        if x.ndim == 2:
-            x = x[..., None]
-        if x.shape != first.shape[:2] + x.shape[2:]:
-            import jax
-            x = np.asarray(jax.image.resize(x, (*first.shape[:2], x.shape[-1]), "bilinear"))
-        images.append(x)
-    images = np.stack(images)
-    if np.asarray(first).dtype == np.uint8 or images.max() > 1.5:
-        images = images / 255.0
-    labels, class_names = None, ()
-    if "label" in records[0]:
-        labels = np.asarray([int(r["label"]) for r in records])
-        try:
-            class_names = tuple(feats["label"].names)
-        except (KeyError, AttributeError):
-            pass
-    return SweepData(name, images.astype(np.float32), labels, class_names=class_names)
-
-
-def load_data(spec: DataSpec) -> SweepData:
-    """The sweep's images: ``repsim_shapes``, ``tfds:<name>`` or an .npz/.npy file."""
-    if spec.source == "repsim_shapes":
-        return _from_shapes(spec)
-    if spec.source.startswith("tfds:"):
-        return _from_tfds(spec)
-    if spec.source.endswith((".npz", ".npy")) or Path(spec.source).exists():
-        return _from_arrays(spec)
-    raise InputError(f"data source {spec.source!r}: expected 'repsim_shapes', "
-                     f"'tfds:<name>' or a path to an .npz/.npy file")
+    ``preprocess``: the rule (a Preprocess or a model) that decoded sources (folders, tfds,
+    hf) are resized/cropped by; ``seed``: the seed of the ``n_images`` subset. The data
+    set is validated completely here (bad image files, annotations), before any unit.
+    """
+    from repsim_jax import data
+    return data.load(spec.source, split=spec.split, n_images=spec.n_images, seed=seed,
+                     balanced=spec.balanced, concepts=spec.concepts, masks=spec.masks,
+                     skip_bad_images=spec.skip_bad_images, preprocess=preprocess,
+                     data_dir=spec.data_dir, echo=echo)
 
 
 def load_model(spec: ModelSpec, seed: int = 0):

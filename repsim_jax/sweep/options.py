@@ -147,6 +147,7 @@ OPTIONS: dict[str, dict[str, Option]] = {
         "compare": Option("str", choices=(_SEM, "COMPARISONS"),
                           doc="how the layer x layer map compares RSMs"),
         "layers": _LAYERS,
+        "n_images": _int(2, none=True, doc="a seeded subset of the inputs (cost ~ N^2)"),
         # options of semantic.rsm itself (every matcher)
         "sigma": Option("number_or_str", lo=0.0, lo_open=True,
                         doc="rbf bandwidth: 'lower_median', 'median', 'mean' or > 0"),
@@ -196,6 +197,8 @@ OPTIONS: dict[str, dict[str, Option]] = {
         "net2vec": Option("bool"),
         "net2vec_epochs": _int(1),
         "layers": _LAYERS,
+        "fit_images": _int(2, none=True, doc="inputs the ICE concepts are fitted on"),
+        "net2vec_images": _int(2, none=True, doc="inputs Net2Vec trains and tests on"),
     },
     "cladec": {
         "alpha": _frac(),
@@ -213,8 +216,13 @@ OPTIONS: dict[str, dict[str, Option]] = {
     "data": {
         "source": Option("str"),
         "split": Option("str"),
-        "n_images": _int(2, doc="need at least 2 images"),
+        "n_images": Option("number_or_str", lo=2, choices=("all",), none=True,
+                           doc="need at least 2 images, or 'all'"),
         "data_dir": Option("str", none=True),
+        "concepts": Option("str", none=True, doc="a concept CSV of an image folder"),
+        "masks": Option("str", none=True, doc="a masks directory of an image folder"),
+        "skip_bad_images": Option("bool"),
+        "balanced": Option("bool"),
     },
     "distributed": {
         "enabled": Option("bool"),

@@ -162,20 +162,50 @@ class SweepContext:
     _cache: collections.OrderedDict = dataclasses.field(
         default_factory=collections.OrderedDict)
     _images: dict = dataclasses.field(default_factory=dict)
+    _act_store: Any = None
 
     def images(self, model: str) -> np.ndarray:
-        """The sweep's images adapted to ``model``'s input shape (cached)."""
+        """The sweep's images adapted to ``model``'s input shape (cached; decodes a lazy
+        data set into memory: for the methods that train on images, cladec/summaries)."""
         if model not in self._images:
-            self._images = {model: images_for(self.models[model], self.data.images)}
+            from repsim_jax.data import materialize
+            self._images = {model: images_for(self.models[model],
+                                              materialize(self.data.images))}
         return self._images[model]
 
-    def activations(self, model: str, layers: tuple[str, ...]) -> dict[str, np.ndarray]:
-        """Activations of ``layers`` (one chunked, data-sharded pass), as host arrays.
+    def _batch_size(self) -> int:
+        ndev = self.mesh.devices.size
+        return max(ndev, (self.cfg.batch_size // ndev) * ndev)
 
-        Cached by the exact (model, layers) request, so a unit always gets the numbers of
-        the same computation whether or not other units ran before it.
+    def _forward_batches(self, model: str, layers: tuple[str, ...], images):
+        """``(start, {layer: host block})`` per batch of ``images`` (an array or a lazy
+        view, decoded ahead by background workers), each batch adapted to the model and
+        sharded over the mesh when it divides evenly."""
+        import jax
+        from jax.sharding import NamedSharding, PartitionSpec as P
+
+        from repsim_jax.models import activations
+        ndev = self.mesh.devices.size
+        bs = self._batch_size()
+        from repsim_jax.data.stream import iter_batches
+        for start, batch in iter_batches(images, bs):
+            x = images_for(self.models[model], batch)
+            sharding = (NamedSharding(self.mesh, P("data"))
+                        if ndev > 1 and len(x) % ndev == 0 else None)
+            out = activations(self.models[model], x, list(layers), batch_size=len(x),
+                              sharding=sharding)
+            yield start, {k: np.asarray(jax.device_get(v)) for k, v in out.items()}
+
+    def activations(self, model: str, layers: tuple[str, ...],
+                    indices=None) -> dict[str, np.ndarray]:
+        """Activations of ``layers`` (chunked, data-sharded passes), as host arrays; of the
+        inputs ``indices`` only when given (the semantic RSM's subset).
+
+        Cached by the exact (model, layers, subset) request, so a unit always gets the
+        numbers of the same computation whether or not other units ran before it.
         """
-        key = (model, tuple(layers))
+        sub = None if indices is None else tuple(int(i) for i in indices)
+        key = (model, tuple(layers), sub)
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
@@ -183,21 +213,47 @@ class SweepContext:
         from jax.sharding import NamedSharding, PartitionSpec as P
 
         from repsim_jax.models import activations
-        ndev = self.mesh.devices.size
-        bs = max(ndev, (self.cfg.batch_size // ndev) * ndev)
-        images = self.images(model)
-        n = len(images)
-        # chunks of a multiple of the device count are sharded over "data"; a single
-        # chunk that does not divide evenly runs unsharded
-        sharding = (NamedSharding(self.mesh, P("data"))
-                    if ndev > 1 and (bs < n or n % ndev == 0) else None)
-        out = activations(self.models[model], images, list(layers), batch_size=bs,
-                          sharding=sharding)
-        out = {k: np.asarray(jax.device_get(v)) for k, v in out.items()}
+        if isinstance(self.data.images, np.ndarray):
+            ndev = self.mesh.devices.size
+            bs = self._batch_size()
+            images = self.images(model)
+            if sub is not None:
+                images = images[np.asarray(sub, np.int64)]
+            n = len(images)
+            # chunks of a multiple of the device count are sharded over "data"; a single
+            # chunk that does not divide evenly runs unsharded
+            sharding = (NamedSharding(self.mesh, P("data"))
+                        if ndev > 1 and (bs < n or n % ndev == 0) else None)
+            out = activations(self.models[model], images, list(layers), batch_size=bs,
+                              sharding=sharding)
+            out = {k: np.asarray(jax.device_get(v)) for k, v in out.items()}
+        else:   # a lazy data set: decode (in background workers) only what is asked
+            view = self.data.images if sub is None else self.data.images.take(sub)
+            parts = list(self._forward_batches(model, tuple(layers), view))
+            out = {k: np.concatenate([p[k] for _, p in parts]) for k in layers}
         self._cache[key] = out
         while len(self._cache) > 4:
             self._cache.popitem(last=False)
         return out
+
+    def stored_activations(self, model: str, layers: tuple[str, ...]):
+        """``{layer: ChunkedActivations}`` of every input: computed batch by batch and
+        streamed to the on-disk store (``OUT/activations``, zarr) as they are computed,
+        read back in chunks; memory is bounded by the batch/chunk size, not by N. Reused
+        when already complete (resume)."""
+        from repsim_jax.sweep.store import ActivationStore
+        if self._act_store is None:
+            self._act_store = ActivationStore(self.store.root,
+                                              chunk_images=self._batch_size())
+        st = self._act_store
+        if st.is_done(model, layers):
+            return {l: st.open(model, l) for l in layers}
+        batches = self._forward_batches(model, tuple(layers), self.data.images)
+        first = next(batches)
+        shapes = {l: first[1][l].shape[1:] for l in layers}
+        import itertools
+        return st.write(model, layers, shapes, len(self.data),
+                        itertools.chain([first], batches))
 
     def seed(self, unit) -> int:
         return plan_mod.unit_seed(self.cfg.seed, unit.key)
@@ -217,6 +273,16 @@ def _layers_by_model(cfg: SweepConfig, shapes: dict[str, dict[str, tuple]]):
     for m, s in shapes.items():
         out[m] = [n for n in s if n in cfg.layers]
     return out
+
+
+def _data_record(data) -> dict[str, Any]:
+    """What the manifest records about the data: the files used, those skipped, the
+    geometry and the annotation report."""
+    info = dict(data.info or {})
+    return {"name": data.name, "n_images": len(data), "files": list(data.files),
+            "skipped_files": list(info.get("skipped", [])),
+            "geometry": info.get("geometry"), "annotations": info.get("annotations"),
+            "class_names": list(data.class_names), "concept_names": list(data.concept_names)}
 
 
 def _device_info(pi: int, pc: int) -> dict[str, Any]:
@@ -272,13 +338,15 @@ def _run(cfg: SweepConfig, hosts: Hosts, progress, echo, write_report) -> Path:
     # has prepared the directory, below)
     resumed = store.check_manifest() if pi == 0 else False
 
-    # every input is loaded and validated before anything is written
-    data = load_data(cfg.data)
-    adapters.check_data(cfg.methods, data)
+    # every input is loaded and validated before anything is written; decoded data
+    # (folders, tfds, hf) is resized/cropped by the first model's preprocessing
     models, shapes = {}, {}
     for spec in cfg.models:
         models[spec.name] = load_model(spec, seed=cfg.seed)
         shapes[spec.name] = model_layers(models[spec.name])
+    data = load_data(cfg.data, preprocess=models[cfg.models[0].name], seed=cfg.seed,
+                     echo=say)
+    adapters.check_data(cfg.methods, data)
     layers = _layers_by_model(cfg, shapes)
     units = plan_mod.plan_units(
         cfg.methods, layers, shapes,
@@ -289,7 +357,7 @@ def _run(cfg: SweepConfig, hosts: Hosts, progress, echo, write_report) -> Path:
 
     if pi == 0:
         if not resumed:
-            store.write_manifest()
+            store.write_manifest(data=_data_record(data))
         removed = store.clean_partial()
         if removed:
             say(f"discarded {len(removed)} unfinished unit(s) of an interrupted run")

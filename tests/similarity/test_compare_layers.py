@@ -1,0 +1,92 @@
+"""compare_layers: the labelled table equals the single-pair functions, names are kept,
+p-values / intervals equal the single-pair resampling functions, sharding changes nothing."""
+import numpy as np
+import pytest
+
+from repsim_jax import similarity as S
+from repsim_jax._checks import InputError
+from repsim_jax._results import load_result
+
+
+@pytest.fixture(scope="module")
+def acts():
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(40, 8))
+    a = {"conv": rng.normal(size=(40, 2, 2, 2)) + base[:, :8].reshape(40, 2, 2, 2),
+         "fc1": base + 0.3 * rng.normal(size=(40, 8)), "fc2": rng.normal(size=(40, 8))}
+    b = {"block": base[:, :6] @ rng.normal(size=(6, 6)), "head": rng.normal(size=(40, 6))}
+    return a, b
+
+
+MEASURES = ["cka_debiased", ("rsa", {"compare": "pearson"}), "procrustes", "pwcca",
+            ("mutual_knn", {"k": 5})]
+SINGLE = {"cka_debiased": lambda x, y: S.cka(x, y, debiased=True),
+          "rsa(compare=pearson)": lambda x, y: S.rsa(x, y, compare="pearson"),
+          "procrustes": S.procrustes, "pwcca": S.pwcca,
+          "mutual_knn(k=5)": lambda x, y: S.mutual_knn(x, y, k=5)}
+
+
+def test_table_equals_single_pairs_and_keeps_names(acts):
+    a, b = acts
+    t = S.compare_layers(a, b, MEASURES, names=("vgg", "resnet"), progress=False)
+    assert len(t) == len(MEASURES) * 3 * 2
+    assert t.measures == tuple(SINGLE)
+    assert set(t.model) == {"vgg"} and set(t.other_model) == {"resnet"}
+    assert t.layer[:6] == ("conv", "conv", "fc1", "fc1", "fc2", "fc2")
+    for r in t.records():
+        x = S.flatten_layer(a[r["layer"]])
+        want = float(SINGLE[r["measure"]](x, b[r["other_layer"]]))
+        assert abs(r["value"] - want) < 1e-5, r
+        assert np.isnan(r["p"]) and np.isnan(r["ci_low"])
+    m = t.matrix("procrustes")
+    assert m.rows == ("vgg:conv", "vgg:fc1", "vgg:fc2") and m.cols == ("resnet:block",
+                                                                       "resnet:head")
+    assert m.values[1, 0] == pytest.approx(float(S.procrustes(a["fc1"], b["block"])),
+                                           abs=1e-5)
+
+
+def test_self_comparison_and_spatial_option(acts):
+    a, _ = acts
+    t = S.compare_layers(a, measures=["cka_debiased"], spatial="mean", progress=False)
+    m = t.matrix()
+    assert m.rows == m.cols == ("a:conv", "a:fc1", "a:fc2")
+    np.testing.assert_allclose(np.diag(m.values), 1.0, atol=1e-5)
+    np.testing.assert_allclose(m.values, m.values.T, atol=1e-5)
+    pooled = a["conv"].mean((1, 2))
+    assert m.values[0, 1] == pytest.approx(float(S.cka(pooled, a["fc1"], debiased=True)),
+                                           abs=1e-5)
+
+
+def test_resampling_equals_single_pair_functions_and_mesh(acts, tmp_path):
+    a, b = acts
+    kw = dict(measures=["cka_debiased"], n_permutations=30, n_bootstrap=30,
+              key=3, level=0.9, progress=False)
+    t = S.compare_layers(a, b, **kw)
+    for r in t.records()[:2] + t.records()[-1:]:
+        x, y = S.flatten_layer(a[r["layer"]]), b[r["other_layer"]]
+        pt = S.permutation_test(r["measure"], x, y, n=30, key=3)
+        bs = S.bootstrap(r["measure"], x, y, n=30, key=3, level=0.9)
+        assert r["p"] == pytest.approx(pt.p_value)
+        assert r["ci_low"] == pytest.approx(bs.ci_low, abs=1e-5)
+        assert r["ci_high"] == pytest.approx(bs.ci_high, abs=1e-5)
+    # layer rows sharded over the 8 simulated devices: the same table
+    ts = S.compare_layers(a, b, mesh="all", **kw)
+    np.testing.assert_allclose(ts.value, t.value, atol=1e-6)
+    np.testing.assert_allclose(ts.p, t.p)
+    np.testing.assert_allclose(ts.ci_low, t.ci_low, atol=1e-6)
+    # a result type: saved and read back with its labels
+    kind, d = load_result(t.save(tmp_path / "t"))
+    assert kind == "SimilarityTable" and list(d["layer"]) == list(t.layer)
+    np.testing.assert_allclose(d["value"], t.value)
+
+
+def test_bad_layer_inputs(acts):
+    a, b = acts
+    with pytest.raises(InputError, match="numbers of inputs differ"):
+        S.compare_layers(a, {"x": np.ones((39, 3))}, progress=False)
+    with pytest.raises(KeyError, match="spatial reduction"):
+        S.compare_layers(a, spatial="avg", progress=False)
+    with pytest.raises(InputError, match="n_permutations"):
+        S.compare_layers(a, n_permutations=-1, progress=False)
+    with pytest.raises(InputError, match="takes no option"):
+        S.compare_layers(a, measures=[("cka", {"k": 3})], progress=False)
