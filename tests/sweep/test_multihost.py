@@ -156,3 +156,36 @@ def test_two_process_sweep_matches_one_process_and_survives_a_killed_peer(tmp_pa
             np.testing.assert_array_equal(a[k], b[k], err_msg=k)
         else:
             assert a[k] == b[k]
+
+
+def test_peer_checks_name_failed_and_silent_processes():
+    """The rules behind the messages above, on simulated processes (no subprocess)."""
+    from repsim_jax.sweep.config import SweepError
+    from repsim_jax.sweep.hosts import Hosts, MemoryKV
+    kv = MemoryKV()
+    me = Hosts(0, 3, kv, peer_timeout=0.3, poll_s=0.02)
+    alive, silent = Hosts(1, 3, kv, beat_s=0.05), Hosts(2, 3, kv, beat_s=0.05)
+    for h in (alive, silent):
+        h.set_state("running")
+        h.start_heartbeat()
+    try:
+        time.sleep(0.2)
+        me.check_peers([1, 2])                              # both beat: fine
+        silent.stop_heartbeat()                             # "killed"
+        t0 = time.time()
+        with pytest.raises(SweepError, match=r"process 2 \(.*pid \d+\) stopped responding: "
+                                             r"no heartbeat for \d+ s.*unfinished: u7"):
+            me.wait(lambda: (False, [1, 2], "u7"))
+        assert 0.3 <= time.time() - t0 < 5                  # not before peer_timeout
+        me.check_peers([1])                                 # the live one is still fine
+        silent.set_state("finished")                        # a finished process may be silent
+        me.check_peers([1, 2])
+        alive.set_state("failed", error="SweepError: unit u3 failed: boom")
+        with pytest.raises(SweepError, match=r"process 1 .*stopped with an error: SweepError: "
+                                             r"unit u3 failed: boom"):
+            me.check_peers([1, 2])
+        # a wait that is satisfied returns at once, whatever the peers do
+        me.wait(lambda: (True, [1, 2], ""))
+    finally:
+        alive.stop_heartbeat()
+        silent.stop_heartbeat()
