@@ -59,7 +59,9 @@ import numpy as np
 from repsim_jax._checks import InputError, unknown_name
 from repsim_jax.sweep import plan as plan_mod
 from repsim_jax.sweep.config import SweepConfig, SweepError, check_config, config_hash
-from repsim_jax.sweep.inputs import SweepData, images_for, load_data, load_model
+from repsim_jax.sweep.inputs import (PrecomputedActivations, SweepData,
+                                    check_activations_length, images_for, load_data,
+                                    load_model)
 from repsim_jax.sweep.hosts import Hosts, JaxKV
 from repsim_jax.sweep.store import Store, atomic_write_text
 
@@ -145,7 +147,10 @@ def _fingerprint(model) -> float:
 
 
 def model_layers(model) -> dict[str, tuple]:
-    """Per-image shapes of the capturable layers of ``model``, in forward order."""
+    """Per-image shapes of the capturable layers of ``model``, in forward order (of the
+    arrays' order for precomputed activations)."""
+    if isinstance(model, PrecomputedActivations):
+        return model.layer_shapes()
     from repsim_jax.models import layer_shapes
     return layer_shapes(model)
 
@@ -159,6 +164,7 @@ class SweepContext:
     shapes: dict[str, dict[str, tuple]]
     mesh: Any
     store: Store
+    progress: bool | None = None   # the sweep's progress= (inner bars of long units)
     _cache: collections.OrderedDict = dataclasses.field(
         default_factory=collections.OrderedDict)
     _images: dict = dataclasses.field(default_factory=dict)
@@ -182,7 +188,6 @@ class SweepContext:
         view, decoded ahead by background workers), each batch adapted to the model and
         sharded over the mesh when it divides evenly."""
         import jax
-        from jax.sharding import NamedSharding, PartitionSpec as P
 
         from repsim_jax.models import activations
         ndev = self.mesh.devices.size
@@ -190,10 +195,9 @@ class SweepContext:
         from repsim_jax.data.stream import iter_batches
         for start, batch in iter_batches(images, bs):
             x = images_for(self.models[model], batch)
-            sharding = (NamedSharding(self.mesh, P("data"))
-                        if ndev > 1 and len(x) % ndev == 0 else None)
-            out = activations(self.models[model], x, list(layers), batch_size=len(x),
-                              sharding=sharding)
+            # padded to a multiple of the device count inside, sharded over "data"
+            out = activations(self.models[model], x, list(layers), batch_size=bs,
+                              mesh=self.mesh if ndev > 1 else None)
             yield start, {k: np.asarray(jax.device_get(v)) for k, v in out.items()}
 
     def activations(self, model: str, layers: tuple[str, ...],
@@ -210,22 +214,22 @@ class SweepContext:
             self._cache.move_to_end(key)
             return self._cache[key]
         import jax
-        from jax.sharding import NamedSharding, PartitionSpec as P
 
         from repsim_jax.models import activations
-        if isinstance(self.data.images, np.ndarray):
+        if isinstance(self.models[model], PrecomputedActivations):
+            # precomputed: the same host arrays a forward pass would have given
+            arrays = self.models[model].arrays
+            idx = slice(None) if sub is None else np.asarray(sub, np.int64)
+            out = {k: np.asarray(arrays[k][idx], np.float32) for k in layers}
+        elif isinstance(self.data.images, np.ndarray):
             ndev = self.mesh.devices.size
             bs = self._batch_size()
             images = self.images(model)
             if sub is not None:
                 images = images[np.asarray(sub, np.int64)]
-            n = len(images)
-            # chunks of a multiple of the device count are sharded over "data"; a single
-            # chunk that does not divide evenly runs unsharded
-            sharding = (NamedSharding(self.mesh, P("data"))
-                        if ndev > 1 and (bs < n or n % ndev == 0) else None)
+            # chunks (padded to a multiple of the device count) sharded over "data"
             out = activations(self.models[model], images, list(layers), batch_size=bs,
-                              sharding=sharding)
+                              mesh=self.mesh if ndev > 1 else None)
             out = {k: np.asarray(jax.device_get(v)) for k, v in out.items()}
         else:   # a lazy data set: decode (in background workers) only what is asked
             view = self.data.images if sub is None else self.data.images.take(sub)
@@ -241,7 +245,10 @@ class SweepContext:
         streamed to the on-disk store (``OUT/activations``, zarr) as they are computed,
         read back in chunks; memory is bounded by the batch/chunk size, not by N. Reused
         when already complete (resume)."""
-        from repsim_jax.sweep.store import ActivationStore
+        from repsim_jax.sweep.store import ActivationStore, ChunkedActivations
+        if isinstance(self.models[model], PrecomputedActivations):   # already on disk
+            arrays = self.models[model].arrays
+            return {l: ChunkedActivations(arrays[l], self._batch_size()) for l in layers}
         if self._act_store is None:
             self._act_store = ActivationStore(self.store.root,
                                               chunk_images=self._batch_size())
@@ -325,8 +332,7 @@ def run_sweep(cfg: SweepConfig, *, progress: bool | None = None,
 
 
 def _run(cfg: SweepConfig, hosts: Hosts, progress, echo, write_report) -> Path:
-    from tqdm.auto import tqdm
-
+    from repsim_jax import _progress
     from repsim_jax.sweep import adapters
     import jax
     say = echo or (lambda s: None)
@@ -344,15 +350,20 @@ def _run(cfg: SweepConfig, hosts: Hosts, progress, echo, write_report) -> Path:
     for spec in cfg.models:
         models[spec.name] = load_model(spec, seed=cfg.seed)
         shapes[spec.name] = model_layers(models[spec.name])
-    data = load_data(cfg.data, preprocess=models[cfg.models[0].name], seed=cfg.seed,
+    runnable = [m for m in models.values() if not isinstance(m, PrecomputedActivations)]
+    data = load_data(cfg.data, preprocess=runnable[0] if runnable else None, seed=cfg.seed,
                      echo=say)
     adapters.check_data(cfg.methods, data)
+    for m in models.values():
+        if isinstance(m, PrecomputedActivations):
+            check_activations_length(m, len(data))
     layers = _layers_by_model(cfg, shapes)
     units = plan_mod.plan_units(
         cfg.methods, layers, shapes,
         {m: cfg.method_options(m).get("layers", "all") for m in cfg.methods})
     for method in sorted({u.method for u in units}):
         adapters.check_available(method)
+    adapters.check_models(units, models)
     prints = {n: _fingerprint(m) for n, m in models.items()} if hosts.multi else {}
 
     if pi == 0:
@@ -382,9 +393,8 @@ def _run(cfg: SweepConfig, hosts: Hosts, progress, echo, write_report) -> Path:
     say(f"repsim sweep {chash} -> {store.root} ({'resuming' if resumed else 'new'}; "
         f"{len(units)} units; process {pi}/{pc}, {len(jax.local_devices())} local "
         f"{jax.default_backend()} device(s))")
-    ctx = SweepContext(cfg, data, models, shapes, local_mesh(), store)
+    ctx = SweepContext(cfg, data, models, shapes, local_mesh(), store, progress=progress)
     devices = _device_info(pi, pc)
-    show = progress if progress is not None else sys.stderr.isatty()
     stats = {"ran": 0, "resumed": 0}
     owner = {u.key: p for phase in (1, 2) for p in range(pc)
              for u in plan_mod.partition([v for v in units if v.phase == phase], p, pc)}
@@ -405,11 +415,14 @@ def _run(cfg: SweepConfig, hosts: Hosts, progress, echo, write_report) -> Path:
 
     for phase in (1, 2):
         mine = plan_mod.partition([u for u in units if u.phase == phase], pi, pc)
-        bar = tqdm(mine, desc=f"sweep phase {phase}", unit="unit", disable=not show)
-        for unit in bar:
+        # a bar over the units with ETA on a terminal; in a log one line per finished unit
+        bar = _progress.bar(len(mine), desc=f"sweep phase {phase}", unit="unit",
+                            progress=progress, auto_lines=False)
+        for k, unit in enumerate(mine):
             bar.set_postfix_str(unit.key[:60])
             hosts.check_peers(range(pc), owed)     # stop early when a peer failed
             if store.is_done(unit.key):
+                bar.update(1)
                 stats["resumed"] += 1
                 store.append_log({"unit": unit.key, "status": "resumed", "process": pi})
                 continue
@@ -423,14 +436,21 @@ def _run(cfg: SweepConfig, hosts: Hosts, progress, echo, write_report) -> Path:
             except Exception as e:  # noqa: BLE001 - name the unit that failed
                 raise SweepError(f"unit {unit.key} failed: {type(e).__name__}: {e}") from e
             seconds = time.time() - t0
+            bar.update(1)
             store.save(unit.key, result, {"seconds": seconds, "process": pi,
                                           "devices": devices["local_devices"]})
             stats["ran"] += 1
             store.append_log({"unit": unit.key, "status": "ran", "seconds": round(seconds, 3),
                               "process": pi, "devices": devices["local_devices"],
                               "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-            if not show:
-                say(f"  {unit.key}: {seconds:.1f} s")
+            eta = bar.eta()
+            line = (f"  {unit.key}: {seconds:.1f} s ({k + 1}/{len(mine)} units of phase "
+                    f"{phase}" + (f", ETA {eta:.0f} s)" if eta and k + 1 < len(mine) else ")"))
+            if bar.mode == "lines":
+                say(line)
+            else:
+                bar.log(line)
+        bar.close()
     report_path = store.root / "report.html"
     if pi == 0:
         hosts.wait(on_disk([u.key for u in units]))
