@@ -33,7 +33,7 @@ n_images = 12
 L = 1
 B = 2
 [distributed]
-peer_timeout = 5.0
+peer_timeout = 3.0
 """
 
 
