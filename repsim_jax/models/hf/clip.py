@@ -27,6 +27,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import nnx
 
+from repsim_jax._checks import InputError
 from repsim_jax.models.hf._blocks import (Conv2d, Embedding, LayerNorm, Linear, _normal,
                                           activation, attention)
 from repsim_jax.models.hf.vit import _pair, interpolate_positions
@@ -94,7 +95,6 @@ class CLIPVisionEmbeddings(nnx.Module):
         self.position_embedding = Embedding(n_pos, d, rngs=rngs)
 
     def __call__(self, x):
-        from repsim_jax._checks import InputError
         if x.shape[1] < self.patch_size[0] or x.shape[2] < self.patch_size[1]:
             raise InputError(f"images of {x.shape[1]}x{x.shape[2]} px are smaller than one "
                              f"{self.patch_size[0]}x{self.patch_size[1]} patch")
