@@ -33,8 +33,10 @@ How (flax 0.12 has no module hooks)
     functional ``jax.nn.relu`` or for a container such as a whole stage (``layer3``) - and
     outside a capture it simply returns ``y``. The built-in architectures record with the
     older explicit form ``tap(taps, "layer3.0.conv1", y)`` through a ``taps=`` argument of
-    their ``__call__``; that convention keeps working for any model whose ``__call__`` takes
-    ``taps`` (its names are merged with the generic ones, the explicit ones win).
+    their ``__call__`` (their names are exactly the torchvision module paths, as before);
+    that convention keeps working for any model whose ``__call__`` takes ``taps``: such a
+    model's layers are the ones it records itself (no generic names are added, so a
+    wrapper around a built-in model does not list every layer twice).
 
 Evaluation mode
     Capture runs the model in evaluation mode: ``.eval()`` is called on the merged copy
@@ -262,8 +264,9 @@ def record_layers(module: nnx.Module, x, *, replace: Mapping | None = None,
     if eval_mode and hasattr(module, "eval"):
         module.eval()
     swapped = []
+    explicit = _takes_taps(type(module))
     for path, sub in nnx.iter_modules(module):
-        if not path or not _defines_call(type(sub)):
+        if explicit or not path or not _defines_call(type(sub)):
             continue
         cls = type(sub)
         rec_cls = _recording_class(cls)
@@ -448,7 +451,7 @@ def _input_shape(model) -> tuple[int, int, int]:
     shape = _expected_hwc(model)
     if shape is None or shape[-1] is None:
         raise InputError(f"{_model_label(model)} has no `input_shape` (H, W, C) attribute: "
-                         f"give input_shape=(H, W, C)")
+                         f"give input_shape=(H, W, C) (repsim layers: --input-shape H,W,C)")
     return tuple(shape)
 
 

@@ -78,6 +78,7 @@ def _results(out: Path) -> dict:
     return res
 
 
+@pytest.mark.slow   # two real sweeps
 def test_factory_sweep_and_precomputed_sweep_give_the_same_numbers(tmp_path, own_module):
     # the factory's model with its weights from a file (the safe loaders)
     trained = own_module.Tiny(seed=3)
