@@ -71,9 +71,11 @@ def run_blocks() -> None:
     """Runs the README's blocks in this process (the test starts it as a subprocess)."""
     import matplotlib
     matplotlib.use("Agg")
+    import resource
     namespace = {"__name__": "__readme__"}
     for line, code in python_blocks(README.read_text()):
-        print(f"--- README.md block at line {line}", flush=True)
+        cpu = resource.getrusage(resource.RUSAGE_SELF).ru_utime
+        print(f"--- README.md block at line {line} (cpu so far {cpu:.1f} s)", flush=True)
         try:
             exec(compile(shrink(code), f"README.md:{line}", "exec"), namespace)  # noqa: S102
         except Exception as e:  # name the block that failed
