@@ -40,7 +40,7 @@ def test_ice_layer_matrix_follows_planted_depth(tmp_path):
     assert isinstance(comp, LayerComparison) and comp.concepts_a is ca and comp.concepts_b is cb
     assert comp.layers_a == tuple(acts_a) and comp.score("a2", "b5") == comp.matrix[2, 5]
     with pytest.raises(KeyError, match="Did you mean"):
-        comp.score("a9", "b0")
+        comp.score("a22", "b0")
     assert jax.tree_util.tree_structure(comp).num_leaves > 2
     kind, back = load_result(comp.save(tmp_path / "cmp"))
     assert kind == "LayerComparison" and back["layers_b"] == list(acts_b)
