@@ -16,9 +16,14 @@ TOML example (every key optional; the defaults are the built-in demo)::
     batch_size = 64
 
     [data]
-    source = "repsim_shapes"    # or "tfds:cifar10", or a path to an .npz of arrays
+    source = "repsim_shapes"    # or "tfds:cifar10", "digits", "lfw_subset", "hf:DIR",
+                                # "folder:DIR" (or a bare directory), an .npz/.npy of arrays
     split = "test"
-    n_images = 64
+    n_images = 64               # a seeded subset (the sweep seed); "all" for every image
+    concepts = "concepts.csv"   # image folders: per-image concept tags (wide or long CSV)
+    masks = "masks/"            # image folders: per-pixel concept masks (PNG)
+    skip_bad_images = false     # true: leave unreadable images out (one warning)
+    balanced = false            # true: n_images // classes images per class
 
     [[models]]
     name = "small_vgg"          # a built-in trained model
@@ -27,6 +32,9 @@ TOML example (every key optional; the defaults are the built-in demo)::
     arch = "resnet18"
     weights = "resnet18.pth"
     num_classes = 1000
+    [[models]]
+    name = "vit"                # or hf = "DIR" (save_pretrained), factory =
+    hf = "checkpoints/vit"      # "pkg.mod:fn" (+ weights), activations = "acts.npz"
 
     [semantic]                  # options of one method (see METHOD_DEFAULTS)
     matcher = "exact"
@@ -59,14 +67,19 @@ METHODS = ("semantic", "invert", "concepts", "cladec", "summaries", "similarity"
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     # compare: how the layer x layer map compares semantic RSMs; debiased CKA by default
     # (biased "linear_cka" is large for unrelated layers at small N)
+    # n_images: a seeded subset for the N^2 RSMs (None: all, at most 1000)
     "semantic": {"kernel": "cosine", "matcher": "exact", "compare": "cka_debiased",
-                 "layers": "all"},
+                 "layers": "all", "n_images": None},
     "invert": {"L": 2, "B": 3, "min_fraction": 0.0, "max_fraction": 0.5,
                "reduction": "mean", "layers": "all"},
     "concepts": {"k": 5, "max_iter": 100, "metric": "cosine", "resolution": 8,
                  "layer_score": "best_match", "net2vec": True, "net2vec_epochs": 30,
-                 "layers": "all"},
-    "cladec": {"alpha": 0.5, "steps": 150, "lr": 3e-3, "batch_size": 32, "layers": "last"},
+                 "layers": "all",
+                 # at scale: ICE fitted on a seeded subset, maps of all inputs by chunks;
+                 # Net2Vec trained/tested on a seeded subset (sweep.adapters.adapt_concepts)
+                 "fit_images": 1000, "net2vec_images": 1000},
+    "cladec": {"alpha": 0.5, "steps": 150, "lr": 3e-3, "batch_size": 32, "layers": "last",
+               "retrain_steps": 100},   # 0: skip the retrain-accuracy check
     "summaries": {"classes": "all", "max_images": 4, "steps_smooth": 60, "steps_sharp": 30},
     # layer x layer maps of the activations themselves (repsim_jax.similarity): every
     # layer of every model against every other; measures: names or {name = options}
@@ -112,24 +125,53 @@ def _field_defaults(cls) -> dict[str, Any]:
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-    """A built-in trained model (``name`` only), or ``arch`` + ``weights`` (ported)."""
+    """One model of a sweep, from exactly one source: a built-in trained model (``name``
+    only); ``arch`` (+ ``weights``, ported; random if none); ``hf`` (a Hugging Face
+    checkpoint directory, :func:`repsim_jax.models.load_hf`); ``factory``
+    (``"package.module:callable"`` returning an nnx model, + optional ``weights`` written
+    by :func:`repsim_jax.models.save_npz` / ``save_safetensors``); ``activations``
+    (precomputed ``{layer: (N, ...)}``: an .npz or a directory of .npy files)."""
     name: str
     arch: str | None = None
     weights: str | None = None
     num_classes: int | None = None
+    hf: str | None = None
+    factory: str | None = None
+    activations: str | None = None
 
     @property
     def builtin(self) -> bool:
-        return self.arch is None
+        return self.source == "builtin"
+
+    @property
+    def source(self) -> str:
+        """``"builtin"``, ``"arch"``, ``"hf"``, ``"factory"`` or ``"activations"``."""
+        for key in MODEL_SOURCES:
+            if getattr(self, key) is not None:
+                return key
+        return "builtin"
+
+
+MODEL_SOURCES = ("arch", "hf", "factory", "activations")
 
 
 @dataclasses.dataclass(frozen=True)
 class DataSpec:
-    """``source``: "repsim_shapes", "tfds:<name>", or a path to an .npz/.npy of arrays."""
+    """``source``: any source of :func:`repsim_jax.data.load` ("repsim_shapes", "digits",
+    "lfw_subset", "tfds:<name>", "hf:<DIR>", "folder:<DIR>" or a directory, an .npz/.npy);
+    ``n_images`` None = all; ``concepts`` / ``masks``: annotation files of an image folder
+    (:mod:`repsim_jax.data.annotations`)."""
     source: str = "repsim_shapes"
     split: str = "test"
-    n_images: int = 64
+    n_images: int | None = 64
     data_dir: str | None = None
+    concepts: str | None = None
+    masks: str | None = None
+    skip_bad_images: bool = False
+    balanced: bool = False
+
+
+_DATA_FLAGS = ("skip_bad_images", "balanced")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,7 +205,10 @@ class SweepConfig:
             "models": [{k: v for k, v in dataclasses.asdict(m).items() if v is not None}
                        for m in self.models],
             "layers": self.layers if isinstance(self.layers, str) else list(self.layers),
-            "data": {k: v for k, v in dataclasses.asdict(self.data).items() if v is not None},
+            # unset keys are left out, so older configurations keep their hash
+            "data": {k: v for k, v in dataclasses.asdict(self.data).items()
+                     if v is not None and not (v is False and k in _DATA_FLAGS)}
+            | ({"n_images": "all"} if self.data.n_images is None else {}),
             "seed": self.seed, "output": self.output, "batch_size": self.batch_size,
             "options": {m: dict(o) for m, o in self.options.items()},
             "distributed": dataclasses.asdict(self.distributed),
@@ -189,11 +234,30 @@ def _model_spec(entry) -> ModelSpec:
                         label=f"[[models]] {entry['name']!r}" if entry.get("name")
                         else "[[models]]")
     arch = entry.get("arch")
-    name = entry.get("name") or (Path(entry["weights"]).stem if entry.get("weights") else arch)
+    sources = [k for k in MODEL_SOURCES if entry.get(k) is not None]
+    if len(sources) > 1:
+        raise InputError(f"models: entry {dict(entry)} gives {' and '.join(sources)}; give one "
+                         f"of {', '.join(MODEL_SOURCES)} (or only a built-in name)")
+    src = sources[0] if sources else None
+    if entry.get("weights") is not None and src not in ("arch", "factory"):
+        raise InputError(f"models: entry {dict(entry)}: weights go with arch or factory")
+    if entry.get("num_classes") is not None and src in ("hf", "activations"):
+        raise InputError(f"models: entry {dict(entry)}: num_classes goes with arch or "
+                         f"factory (an {src} model has its own)")
+    name = entry.get("name")
+    if not name and entry.get("weights"):
+        name = Path(entry["weights"]).stem
+    if not name and src in ("hf", "activations"):
+        name = Path(str(entry[src]).rstrip("/")).stem
+    if not name and src == "factory":
+        name = str(entry["factory"]).rpartition(":")[2].rpartition(".")[2]
+    name = name or arch
     if not name:
         raise InputError(f"models: entry {dict(entry)} needs a 'name' or an 'arch'")
     nc = entry.get("num_classes")
-    return ModelSpec(str(name), arch, entry.get("weights"), None if nc is None else int(nc))
+    return ModelSpec(str(name), arch, entry.get("weights"), None if nc is None else int(nc),
+                     hf=entry.get("hf"), factory=entry.get("factory"),
+                     activations=entry.get("activations"))
 
 
 def from_dict(d: Mapping[str, Any]) -> SweepConfig:
@@ -231,6 +295,8 @@ def from_dict(d: Mapping[str, Any]) -> SweepConfig:
     if isinstance(data, str):
         data = {"source": data}
     _opts.check_section("data", data, defaults=_field_defaults(DataSpec))
+    if data.get("n_images") == "all":
+        data = {**data, "n_images": None}
     data = DataSpec(**data)
     options = copy.deepcopy(METHOD_DEFAULTS)
     given = dict(d.get("options", {}))
@@ -325,12 +391,32 @@ def apply_overrides(d: dict[str, Any], assignments) -> dict[str, Any]:
 
 def _file_digest(path: str) -> str:
     p = Path(path)
+    if p.is_dir():      # a directory of files (.npy activations, a checkpoint): every file
+        h = hashlib.sha256()
+        for f in sorted(q for q in p.iterdir() if q.is_file()):
+            h.update(f"{f.name}:{_file_digest(str(f))};".encode())
+        return h.hexdigest()
     if not p.is_file():
         return "missing"
     h = hashlib.sha256()
     with open(p, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
+    return h.hexdigest()
+
+
+def _folder_digest(path: str) -> str:
+    """sha256 of a folder's file listing (relative path, size, mtime): cheap for large
+    image folders, and changed by any added, removed or rewritten file."""
+    root = Path(path)
+    if not root.is_dir():
+        return "missing"
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            st = p.stat()
+            h.update(f"{p.relative_to(root).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n"
+                     .encode())
     return h.hexdigest()
 
 
@@ -344,13 +430,22 @@ def config_hash(cfg: SweepConfig) -> str:
     d.pop("output")
     d.pop("distributed")
     for m in d["models"]:
-        if "weights" in m:
-            m["weights_sha256"] = _file_digest(m["weights"])
-            m["weights"] = os.path.basename(m["weights"])
+        for key in ("weights", "activations", "hf"):   # files enter by content
+            if key in m:
+                m[f"{key}_sha256"] = _file_digest(m[key])
+                m[key] = os.path.basename(str(m[key]).rstrip("/"))
     src = d["data"]["source"]
     if src.endswith((".npz", ".npy")):
         d["data"]["sha256"] = _file_digest(src)
         d["data"]["source"] = os.path.basename(src)
+    elif src.startswith("folder:") or os.path.isdir(src):
+        d["data"]["listing_sha256"] = _folder_digest(src[7:] if src.startswith("folder:")
+                                                     else src)
+    for key in ("concepts", "masks"):
+        if d["data"].get(key):
+            p = d["data"][key]
+            d["data"][f"{key}_sha256"] = (_folder_digest(p) if os.path.isdir(p)
+                                          else _file_digest(p))
     d["options"] = {m: o for m, o in d["options"].items() if m in d["methods"]}
     text = json.dumps(d, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

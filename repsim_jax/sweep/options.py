@@ -147,6 +147,7 @@ OPTIONS: dict[str, dict[str, Option]] = {
         "compare": Option("str", choices=(_SEM, "COMPARISONS"),
                           doc="how the layer x layer map compares RSMs"),
         "layers": _LAYERS,
+        "n_images": _int(2, none=True, doc="a seeded subset of the inputs (cost ~ N^2)"),
         # options of semantic.rsm itself (every matcher)
         "sigma": Option("number_or_str", lo=0.0, lo_open=True,
                         doc="rbf bandwidth: 'lower_median', 'median', 'mean' or > 0"),
@@ -168,6 +169,9 @@ OPTIONS: dict[str, dict[str, Option]] = {
         "lanes": _int(**_POS, matchers=("auction",)),
         "cost_dtype": Option("str", choices=("auto", "float32", "bfloat16", "float16"),
                              matchers=("auction",)),
+        "tol": Option("float", 0.0, lo_open=True, none=True, matchers=("auction",),
+                      doc="certified max error of every RSM entry (None: uncertified)"),
+        "rounds": _int(**_POS, matchers=("auction",)),
         "eps_start": Option("float", 0.0, lo_open=True, matchers=("sinkhorn",)),
         "eps_end": Option("float", 0.0, lo_open=True, matchers=("sinkhorn",)),
         "n_stages": _int(**_POS, matchers=("sinkhorn",)),
@@ -196,6 +200,8 @@ OPTIONS: dict[str, dict[str, Option]] = {
         "net2vec": Option("bool"),
         "net2vec_epochs": _int(1),
         "layers": _LAYERS,
+        "fit_images": _int(2, none=True, doc="inputs the ICE concepts are fitted on"),
+        "net2vec_images": _int(2, none=True, doc="inputs Net2Vec trains and tests on"),
     },
     "cladec": {
         "alpha": _frac(),
@@ -203,6 +209,7 @@ OPTIONS: dict[str, dict[str, Option]] = {
         "lr": Option("float", 0.0, lo_open=True),
         "batch_size": _int(1),
         "layers": _LAYERS,
+        "retrain_steps": _int(0, doc="retrain-accuracy check (0: off)"),
     },
     "summaries": {
         "classes": Option("ints", doc="class indices"),
@@ -213,8 +220,13 @@ OPTIONS: dict[str, dict[str, Option]] = {
     "data": {
         "source": Option("str"),
         "split": Option("str"),
-        "n_images": _int(2, doc="need at least 2 images"),
+        "n_images": Option("number_or_str", lo=2, choices=("all",), none=True,
+                           doc="need at least 2 images, or 'all'"),
         "data_dir": Option("str", none=True),
+        "concepts": Option("str", none=True, doc="a concept CSV of an image folder"),
+        "masks": Option("str", none=True, doc="a masks directory of an image folder"),
+        "skip_bad_images": Option("bool"),
+        "balanced": Option("bool"),
     },
     "distributed": {
         "enabled": Option("bool"),
@@ -227,6 +239,11 @@ OPTIONS: dict[str, dict[str, Option]] = {
         "arch": Option("str", none=True),
         "weights": Option("str", none=True, doc="a weight file"),
         "num_classes": _int(1, none=True),
+        "hf": Option("str", none=True, doc="a Hugging Face checkpoint directory"),
+        "factory": Option("str", none=True, doc="package.module:callable returning an nnx "
+                          "model"),
+        "activations": Option("str", none=True, doc="precomputed {layer: (N, ...)}: an .npz "
+                              "or a directory of .npy"),
     },
     "sweep": {   # the top level of a configuration
         "seed": _int(0),

@@ -51,7 +51,9 @@ import numpy as np
 from repsim_jax._checks import InputError, unknown_name
 from repsim_jax.sweep import plan as plan_mod
 from repsim_jax.sweep.config import SweepConfig, SweepError, check_config, config_hash
-from repsim_jax.sweep.inputs import SweepData, images_for, load_data, load_model
+from repsim_jax.sweep.inputs import (PrecomputedActivations, SweepData,
+                                    check_activations_length, images_for, load_data,
+                                    load_model)
 from repsim_jax.sweep.store import Store, atomic_write_text
 
 __all__ = ["run_sweep", "SweepContext", "maybe_initialize_distributed", "local_mesh",
@@ -101,7 +103,10 @@ def _barrier(name: str) -> None:
 
 
 def model_layers(model) -> dict[str, tuple]:
-    """Per-image shapes of the capturable layers of ``model``, in forward order."""
+    """Per-image shapes of the capturable layers of ``model``, in forward order (of the
+    arrays' order for precomputed activations)."""
+    if isinstance(model, PrecomputedActivations):
+        return model.layer_shapes()
     from repsim_jax.models import layer_shapes
     return layer_shapes(model)
 
@@ -115,45 +120,103 @@ class SweepContext:
     shapes: dict[str, dict[str, tuple]]
     mesh: Any
     store: Store
+    progress: bool | None = None   # the sweep's progress= (inner bars of long units)
     _cache: collections.OrderedDict = dataclasses.field(
         default_factory=collections.OrderedDict)
     _images: dict = dataclasses.field(default_factory=dict)
+    _act_store: Any = None
 
     def images(self, model: str) -> np.ndarray:
-        """The sweep's images adapted to ``model``'s input shape (cached)."""
+        """The sweep's images adapted to ``model``'s input shape (cached; decodes a lazy
+        data set into memory: for the methods that train on images, cladec/summaries)."""
         if model not in self._images:
-            self._images = {model: images_for(self.models[model], self.data.images)}
+            from repsim_jax.data import materialize
+            self._images = {model: images_for(self.models[model],
+                                              materialize(self.data.images))}
         return self._images[model]
 
-    def activations(self, model: str, layers: tuple[str, ...]) -> dict[str, np.ndarray]:
-        """Activations of ``layers`` (one chunked, data-sharded pass), as host arrays.
+    def _batch_size(self) -> int:
+        ndev = self.mesh.devices.size
+        return max(ndev, (self.cfg.batch_size // ndev) * ndev)
 
-        Cached by the exact (model, layers) request, so a unit always gets the numbers of
-        the same computation whether or not other units ran before it.
+    def _forward_batches(self, model: str, layers: tuple[str, ...], images):
+        """``(start, {layer: host block})`` per batch of ``images`` (an array or a lazy
+        view, decoded ahead by background workers), each batch adapted to the model and
+        sharded over the mesh when it divides evenly."""
+        import jax
+
+        from repsim_jax.models import activations
+        ndev = self.mesh.devices.size
+        bs = self._batch_size()
+        from repsim_jax.data.stream import iter_batches
+        for start, batch in iter_batches(images, bs):
+            x = images_for(self.models[model], batch)
+            # padded to a multiple of the device count inside, sharded over "data"
+            out = activations(self.models[model], x, list(layers), batch_size=bs,
+                              mesh=self.mesh if ndev > 1 else None)
+            yield start, {k: np.asarray(jax.device_get(v)) for k, v in out.items()}
+
+    def activations(self, model: str, layers: tuple[str, ...],
+                    indices=None) -> dict[str, np.ndarray]:
+        """Activations of ``layers`` (chunked, data-sharded passes), as host arrays; of the
+        inputs ``indices`` only when given (the semantic RSM's subset).
+
+        Cached by the exact (model, layers, subset) request, so a unit always gets the
+        numbers of the same computation whether or not other units ran before it.
         """
-        key = (model, tuple(layers))
+        sub = None if indices is None else tuple(int(i) for i in indices)
+        key = (model, tuple(layers), sub)
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
         import jax
-        from jax.sharding import NamedSharding, PartitionSpec as P
 
         from repsim_jax.models import activations
-        ndev = self.mesh.devices.size
-        bs = max(ndev, (self.cfg.batch_size // ndev) * ndev)
-        images = self.images(model)
-        n = len(images)
-        # chunks of a multiple of the device count are sharded over "data"; a single
-        # chunk that does not divide evenly runs unsharded
-        sharding = (NamedSharding(self.mesh, P("data"))
-                    if ndev > 1 and (bs < n or n % ndev == 0) else None)
-        out = activations(self.models[model], images, list(layers), batch_size=bs,
-                          sharding=sharding)
-        out = {k: np.asarray(jax.device_get(v)) for k, v in out.items()}
+        if isinstance(self.models[model], PrecomputedActivations):
+            # precomputed: the same host arrays a forward pass would have given
+            arrays = self.models[model].arrays
+            idx = slice(None) if sub is None else np.asarray(sub, np.int64)
+            out = {k: np.asarray(arrays[k][idx], np.float32) for k in layers}
+        elif isinstance(self.data.images, np.ndarray):
+            ndev = self.mesh.devices.size
+            bs = self._batch_size()
+            images = self.images(model)
+            if sub is not None:
+                images = images[np.asarray(sub, np.int64)]
+            # chunks (padded to a multiple of the device count) sharded over "data"
+            out = activations(self.models[model], images, list(layers), batch_size=bs,
+                              mesh=self.mesh if ndev > 1 else None)
+            out = {k: np.asarray(jax.device_get(v)) for k, v in out.items()}
+        else:   # a lazy data set: decode (in background workers) only what is asked
+            view = self.data.images if sub is None else self.data.images.take(sub)
+            parts = list(self._forward_batches(model, tuple(layers), view))
+            out = {k: np.concatenate([p[k] for _, p in parts]) for k in layers}
         self._cache[key] = out
         while len(self._cache) > 4:
             self._cache.popitem(last=False)
         return out
+
+    def stored_activations(self, model: str, layers: tuple[str, ...]):
+        """``{layer: ChunkedActivations}`` of every input: computed batch by batch and
+        streamed to the on-disk store (``OUT/activations``, zarr) as they are computed,
+        read back in chunks; memory is bounded by the batch/chunk size, not by N. Reused
+        when already complete (resume)."""
+        from repsim_jax.sweep.store import ActivationStore, ChunkedActivations
+        if isinstance(self.models[model], PrecomputedActivations):   # already on disk
+            arrays = self.models[model].arrays
+            return {l: ChunkedActivations(arrays[l], self._batch_size()) for l in layers}
+        if self._act_store is None:
+            self._act_store = ActivationStore(self.store.root,
+                                              chunk_images=self._batch_size())
+        st = self._act_store
+        if st.is_done(model, layers):
+            return {l: st.open(model, l) for l in layers}
+        batches = self._forward_batches(model, tuple(layers), self.data.images)
+        first = next(batches)
+        shapes = {l: first[1][l].shape[1:] for l in layers}
+        import itertools
+        return st.write(model, layers, shapes, len(self.data),
+                        itertools.chain([first], batches))
 
     def seed(self, unit) -> int:
         return plan_mod.unit_seed(self.cfg.seed, unit.key)
@@ -175,6 +238,16 @@ def _layers_by_model(cfg: SweepConfig, shapes: dict[str, dict[str, tuple]]):
     return out
 
 
+def _data_record(data) -> dict[str, Any]:
+    """What the manifest records about the data: the files used, those skipped, the
+    geometry and the annotation report."""
+    info = dict(data.info or {})
+    return {"name": data.name, "n_images": len(data), "files": list(data.files),
+            "skipped_files": list(info.get("skipped", [])),
+            "geometry": info.get("geometry"), "annotations": info.get("annotations"),
+            "class_names": list(data.class_names), "concept_names": list(data.concept_names)}
+
+
 def _device_info() -> dict[str, Any]:
     import jax
     pi, pc = _process_info()
@@ -192,8 +265,7 @@ def run_sweep(cfg: SweepConfig, *, progress: bool | None = None,
     Raises :class:`InputError`/``KeyError`` for bad input (unknown model, layer, data) and
     :class:`SweepError` for a foreign output directory, a full disk or a failed unit.
     """
-    from tqdm.auto import tqdm
-
+    from repsim_jax import _progress
     from repsim_jax.sweep import adapters
     import jax
     say = echo or (lambda s: None)
@@ -207,23 +279,30 @@ def run_sweep(cfg: SweepConfig, *, progress: bool | None = None,
     # has written the manifest, below)
     resumed = store.check_manifest() if pi == 0 else False
 
-    # every input is loaded and validated before anything is written
-    data = load_data(cfg.data)
-    adapters.check_data(cfg.methods, data)
+    # every input is loaded and validated before anything is written; decoded data
+    # (folders, tfds, hf) is resized/cropped by the first model's preprocessing
     models, shapes = {}, {}
     for spec in cfg.models:
         models[spec.name] = load_model(spec, seed=cfg.seed)
         shapes[spec.name] = model_layers(models[spec.name])
+    runnable = [m for m in models.values() if not isinstance(m, PrecomputedActivations)]
+    data = load_data(cfg.data, preprocess=runnable[0] if runnable else None, seed=cfg.seed,
+                     echo=say)
+    adapters.check_data(cfg.methods, data)
+    for m in models.values():
+        if isinstance(m, PrecomputedActivations):
+            check_activations_length(m, len(data))
     layers = _layers_by_model(cfg, shapes)
     units = plan_mod.plan_units(
         cfg.methods, layers, shapes,
         {m: cfg.method_options(m).get("layers", "all") for m in cfg.methods})
     for method in sorted({u.method for u in units}):
         adapters.check_available(method)
+    adapters.check_models(units, models)
 
     if pi == 0:
         if not resumed:
-            store.write_manifest()
+            store.write_manifest(data=_data_record(data))
         removed = store.clean_partial()
         if removed:
             say(f"discarded {len(removed)} unfinished unit(s) of an interrupted run")
@@ -233,16 +312,18 @@ def run_sweep(cfg: SweepConfig, *, progress: bool | None = None,
     say(f"repsim sweep {chash} -> {store.root} ({'resuming' if resumed else 'new'}; "
         f"{len(units)} units; process {pi}/{pc}, {len(jax.local_devices())} local "
         f"{jax.default_backend()} device(s))")
-    ctx = SweepContext(cfg, data, models, shapes, local_mesh(), store)
+    ctx = SweepContext(cfg, data, models, shapes, local_mesh(), store, progress=progress)
     devices = _device_info()
-    show = progress if progress is not None else sys.stderr.isatty()
     stats = {"ran": 0, "resumed": 0}
     for phase in (1, 2):
         mine = plan_mod.partition([u for u in units if u.phase == phase], pi, pc)
-        bar = tqdm(mine, desc=f"sweep phase {phase}", unit="unit", disable=not show)
-        for unit in bar:
+        # a bar over the units with ETA on a terminal; in a log one line per finished unit
+        bar = _progress.bar(len(mine), desc=f"sweep phase {phase}", unit="unit",
+                            progress=progress, auto_lines=False)
+        for k, unit in enumerate(mine):
             bar.set_postfix_str(unit.key[:60])
             if store.is_done(unit.key):
+                bar.update(1)
                 stats["resumed"] += 1
                 store.append_log({"unit": unit.key, "status": "resumed", "process": pi})
                 continue
@@ -254,14 +335,21 @@ def run_sweep(cfg: SweepConfig, *, progress: bool | None = None,
             except Exception as e:  # noqa: BLE001 - name the unit that failed
                 raise SweepError(f"unit {unit.key} failed: {type(e).__name__}: {e}") from e
             seconds = time.time() - t0
+            bar.update(1)
             store.save(unit.key, result, {"seconds": seconds, "process": pi,
                                           "devices": devices["local_devices"]})
             stats["ran"] += 1
             store.append_log({"unit": unit.key, "status": "ran", "seconds": round(seconds, 3),
                               "process": pi, "devices": devices["local_devices"],
                               "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-            if not show:
-                say(f"  {unit.key}: {seconds:.1f} s")
+            eta = bar.eta()
+            line = (f"  {unit.key}: {seconds:.1f} s ({k + 1}/{len(mine)} units of phase "
+                    f"{phase}" + (f", ETA {eta:.0f} s)" if eta and k + 1 < len(mine) else ")"))
+            if bar.mode == "lines":
+                say(line)
+            else:
+                bar.log(line)
+        bar.close()
         _barrier(f"repsim-phase-{phase}")
     report_path = store.root / "report.html"
     if pi == 0 and write_report:

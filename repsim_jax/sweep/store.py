@@ -29,7 +29,8 @@ import numpy as np
 
 from repsim_jax.sweep.config import SweepError
 
-__all__ = ["Store", "atomic_write_bytes", "atomic_write_text", "disk_errors", "to_jsonable"]
+__all__ = ["Store", "ActivationStore", "ChunkedActivations", "atomic_write_bytes",
+           "atomic_write_text", "disk_errors", "to_jsonable"]
 
 _FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
@@ -139,11 +140,13 @@ class Store:
                              f"sweep directory (no manifest.json): choose another --out")
         return False
 
-    def write_manifest(self) -> None:
+    def write_manifest(self, data: dict[str, Any] | None = None) -> None:
+        """Writes manifest.json; ``data``: what the data set was (files used, skipped)."""
         with disk_errors(self.root):
             self.units.mkdir(parents=True, exist_ok=True)
+        extra = {} if data is None else {"data": to_jsonable(data)}
         atomic_write_text(self.root / "manifest.json", json.dumps(
-            {"config_hash": self.cfg_hash, "config": self.cfg_dict,
+            {"config_hash": self.cfg_hash, "config": self.cfg_dict, **extra,
              "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=2))
 
     def clean_partial(self) -> list[str]:
@@ -241,3 +244,140 @@ def _first_difference(a, b, prefix="") -> str:
                 return d
         return ""
     return "" if a == b else f"{prefix.rstrip('.')}: {a!r} -> {b!r}"
+
+
+# --------------------------------------------------------------- activations on disk
+class ChunkedActivations:
+    """Activations of one layer in an on-disk chunked array (zarr v3), read in chunks.
+
+    ``shape`` (N, ...) and ``dtype`` as numpy; :meth:`chunks` yields ``(start, block)``
+    of at most ``size`` inputs as float32; :meth:`reduce` is the per-input spatial mean /
+    max ((N, h, w, C) -> (N, C)) computed chunk by chunk; :meth:`take` reads a subset.
+    Memory is bounded by the chunk size, never by N.
+    """
+
+    def __init__(self, array, chunk_images: int):
+        self.array = array
+        self.chunk_images = int(chunk_images)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.array.shape)
+
+    @property
+    def dtype(self):
+        return np.dtype(self.array.dtype)
+
+    def __len__(self) -> int:
+        return int(self.array.shape[0])
+
+    def chunks(self, size: int | None = None):
+        size = int(size or self.chunk_images)
+        for s in range(0, len(self), size):
+            yield s, np.asarray(self.array[s:s + size], np.float32)
+
+    def reduce(self, how: str = "mean", dtype=np.float64) -> np.ndarray:
+        """(N, C): the mean / max over the middle (spatial) axes, per chunk, in ``dtype``
+        (float64 by default, as INVERT reduces: the same numbers as reducing in memory)."""
+        if how not in ("mean", "max"):
+            raise SweepError(f"reduction must be 'mean' or 'max', got {how!r}")
+        out = None
+        for s, block in self.chunks():
+            block = block.astype(dtype, copy=False)
+            axes = tuple(range(1, block.ndim - 1))
+            r = block if not axes else (block.mean(axis=axes) if how == "mean"
+                                        else block.max(axis=axes))
+            if out is None:
+                out = np.empty((len(self), *r.shape[1:]), r.dtype)
+            out[s:s + len(r)] = r
+        return out
+
+    def take(self, indices) -> np.ndarray:
+        idx = np.asarray(indices, np.int64)
+        if idx.size and np.all(np.diff(idx) == 1):
+            return np.asarray(self.array[int(idx[0]):int(idx[-1]) + 1], np.float32)
+        if isinstance(self.array, np.ndarray):      # the numpy memmap fallback
+            return np.asarray(self.array[idx], np.float32)
+        return np.asarray(self.array.get_orthogonal_selection((idx,)), np.float32)
+
+    def __array__(self, dtype=None, copy=None):
+        out = np.asarray(self.array[:], np.float32)
+        return out if dtype is None else out.astype(dtype)
+
+
+class ActivationStore:
+    """``OUT/activations/p<process>/<model>/<layer>`` zarr v3 arrays, written batch by batch.
+
+    Why zarr (not tensorstore): zarr 3 is pure Python, already a dependency of the data
+    extra, writes the v3 format that tensorstore (and any zarr reader) can open, and needs
+    nothing else for this single-writer, append-along-N pattern. On Python 3.10 (zarr 3
+    needs 3.11) the same layout falls back to one numpy memmap (``.npy``) per layer. Chunks run along the input
+    axis (``chunk_images`` inputs x the whole per-input shape), uncompressed: activations
+    compress poorly and decompression would cost more CPU than the disk read.
+    A ``<model>/<group>.done`` marker is written after the last batch, so an interrupted
+    write is redone on resume instead of trusted.
+    """
+
+    def __init__(self, root, chunk_images: int = 256, dtype: str = "float32",
+                 process: int | None = None):
+        if process is None:     # each host writes its own copy: no two writers per array
+            import jax
+            process = jax.process_index()
+        self.root = Path(root).absolute() / "activations" / f"p{int(process)}"
+        self.chunk_images = int(chunk_images)
+        self.dtype = np.dtype(dtype)
+
+    def _path(self, model: str, layer: str) -> Path:
+        return self.root / model / layer
+
+    def _marker(self, model: str, layers) -> Path:
+        import hashlib
+        tag = hashlib.sha256("\n".join(layers).encode()).hexdigest()[:12]
+        return self.root / model / f".{tag}.done"
+
+    def is_done(self, model: str, layers) -> bool:
+        return self._marker(model, layers).is_file()
+
+    def open(self, model: str, layer: str) -> ChunkedActivations:
+        p = self._path(model, layer)
+        mm = p.with_name(p.name + ".npy")
+        if mm.is_file():
+            return ChunkedActivations(np.load(mm, mmap_mode="r"), self.chunk_images)
+        import zarr
+        return ChunkedActivations(zarr.open_array(str(p), mode="r"), self.chunk_images)
+
+    def _create(self, p: Path, shape, n: int):
+        try:
+            import zarr
+        except ImportError:   # Python 3.10 (zarr 3 needs >= 3.11): a numpy memmap
+            return np.lib.format.open_memmap(p.with_name(p.name + ".npy"), mode="w+",
+                                             dtype=self.dtype, shape=(n, *shape))
+        return zarr.create_array(store=str(p), shape=(n, *shape), dtype=self.dtype,
+                                 chunks=(min(self.chunk_images, n), *shape),
+                                 compressors=None, overwrite=True)
+
+    def write(self, model: str, layers, shapes: dict[str, tuple], n: int, batches):
+        """Writes the ``(start, {layer: block})`` items of ``batches`` into one array per
+        layer of ``n`` inputs; returns ``{layer: ChunkedActivations}``."""
+        layers = list(layers)
+        arrays = {}
+        with disk_errors(self.root):
+            self._marker(model, layers).unlink(missing_ok=True)
+            for l in layers:
+                p = self._path(model, l)
+                p.parent.mkdir(parents=True, exist_ok=True)
+                arrays[l] = self._create(p, tuple(shapes[l]), n)
+            written = 0
+            for start, out in batches:
+                for l in layers:
+                    block = np.asarray(out[l])
+                    arrays[l][start:start + len(block)] = block.astype(self.dtype, copy=False)
+                written += len(next(iter(out.values())))
+            for a in arrays.values():
+                if isinstance(a, np.memmap):
+                    a.flush()
+            if written != n:
+                raise SweepError(f"activation store: wrote {written} of {n} inputs of "
+                                 f"{model}")
+            atomic_write_text(self._marker(model, layers), "done\n")
+        return {l: self.open(model, l) for l in layers}

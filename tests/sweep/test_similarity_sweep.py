@@ -26,6 +26,7 @@ def _cfg(out, **kw):
                        "n_bootstrap": 9, "level": 0.9}, **kw})
 
 
+@pytest.mark.slow
 def test_similarity_sweep_numbers_measure_names_p_and_ci(tmp_path):
     from flax import nnx
 
@@ -72,7 +73,9 @@ def test_bad_measure_is_named_before_anything_runs(tmp_path):
 
 
 class _Data:
-    labels = concept_labels = None
+    labels = concept_labels = concept_names = None
+    class_names = ()
+    name = "fake"
 
     def __len__(self):
         return 6
@@ -86,7 +89,7 @@ def test_identity_baseline_gets_only_its_options(matcher, extra):
     cfg = C.from_dict({"methods": ["semantic"], "semantic": {"matcher": matcher, **extra}})
     rng = np.random.default_rng(0)
     acts = {"l": rng.random((6, 2, 2, 4)).astype(np.float32)}
-    ctx = types.SimpleNamespace(cfg=cfg, activations=lambda model, layers: acts,
+    ctx = types.SimpleNamespace(cfg=cfg, activations=lambda model, layers, **kw: acts,
                                 data=_Data(), mesh=Mesh(np.array(jax.devices()[:1]),
                                                         ("data",)))
     res = adapters.adapt_semantic(plan.Unit("semantic", "m", ("l",)), ctx)
