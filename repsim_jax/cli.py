@@ -82,7 +82,9 @@ several hosts (jax.distributed): start the same command on every host, with --ou
 file system all hosts share, plus --distributed (TPU pods, SLURM, Open MPI are detected) or
 --coordinator HOST:PORT --num-processes P --process-id I (or the environment variables
 REPSIM_COORDINATOR, REPSIM_NUM_PROCESSES, REPSIM_PROCESS_ID). Each process computes its
-share of the units on its local devices; process 0 writes the report.
+share of the units on its local devices; process 0 writes the report. A process that fails
+or stops (no heartbeat for --set distributed.peer_timeout=SECONDS, default 60) makes the
+others stop with a message; the same commands run again resume.
 """
 
 

@@ -176,11 +176,15 @@ _DATA_FLAGS = ("skip_bad_images", "balanced")
 
 @dataclasses.dataclass(frozen=True)
 class DistributedSpec:
-    """``jax.distributed.initialize`` arguments; ``enabled=False`` = one process."""
+    """``jax.distributed.initialize`` arguments; ``enabled=False`` = one process.
+
+    ``peer_timeout``: seconds without a heartbeat after which a waiting process declares
+    another one dead and stops (with a message; rerun to resume)."""
     enabled: bool = False
     coordinator_address: str | None = None
     num_processes: int | None = None
     process_id: int | None = None
+    peer_timeout: float = 60.0
 
 
 @dataclasses.dataclass(frozen=True)

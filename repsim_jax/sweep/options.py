@@ -233,6 +233,8 @@ OPTIONS: dict[str, dict[str, Option]] = {
         "coordinator_address": Option("str", none=True, doc="HOST:PORT"),
         "num_processes": _int(1, none=True),
         "process_id": _int(0, none=True),
+        "peer_timeout": Option("float", 0.0, lo_open=True,
+                               doc="seconds without a heartbeat before a peer counts as dead"),
     },
     "models": {
         "name": Option("str"),
