@@ -278,6 +278,12 @@ def main() -> None:
     report["load_average_at_end"] = os.getloadavg()
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = "data_quick.json" if args.quick else "data.json"
+    if args.only and (RESULTS / name).is_file():   # keep the other part's figures
+        old = json.loads((RESULTS / name).read_text())
+        report = {**old, **{k: v for k, v in report.items()
+                            if k in ("loader", "scale") or k not in old},
+                  f"load_average_{args.only}": [report["load_average_at_start"],
+                                                report["load_average_at_end"]]}
     (RESULTS / name).write_text(json.dumps(report, indent=2))
     print(f"wrote {RESULTS / name}")
 
