@@ -24,7 +24,8 @@ def _error_line(err: str) -> str:
 
 
 @pytest.mark.parametrize("argv, expect", [
-    ([], ["sweep", "demo", "layers"]),
+    ([], ["sweep", "demo", "layers", "report"]),
+    (["report"], ["OUT", "recomputed"]),
     (["sweep"], ["--config", "--methods", "--arch", "--weights", "--layers", "--data",
                  "--set", "--out", "--coordinator", "--process-id"]),
     (["demo"], ["--out", "--n-images", "--no-progress"]),

@@ -1,5 +1,9 @@
 """Executes every Colab notebook of ``colab/`` headlessly at small size and checks its outputs.
 
+The notebooks' sources are the jupytext ``py:percent`` files ``colab/<name>.py``; the
+``.ipynb`` are generated from them (``python colab/make_notebooks.py``) and checked here to
+be in sync.
+
 Each notebook runs in a fresh ``python3`` kernel of the current interpreter with
 ``REPSIM_NOTEBOOK_SMALL=1`` (tiny sizes) and ``MPLBACKEND=Agg``; a failing cell fails the
 test with that cell's source and traceback. Beyond "it runs", every notebook's printed
@@ -22,11 +26,14 @@ import pytest
 
 nbformat = pytest.importorskip("nbformat", reason="needs the [test] extra (nbformat)")
 nbclient = pytest.importorskip("nbclient", reason="needs the [test] extra (nbclient)")
+jupytext = pytest.importorskip("jupytext", reason="needs the [test] extra (jupytext)")
 pytest.importorskip("ipykernel", reason="needs the [test] extra (ipykernel)")
 
 COLAB = Path(__file__).resolve().parents[1] / "colab"
 NOTEBOOKS = ["quickstart", "semantic_rsm", "invert", "concept_similarity", "cladec",
-             "visual_summaries"]
+             "visual_summaries", "own_model"]   # each has its own test below
+# every plain notebook source of colab/ (jupytext py:percent), e.g. also own_model.py
+SOURCES = sorted(p.stem for p in COLAB.glob("*.py") if p.name != "make_notebooks.py")
 # generous: a cold model cache trains the built-in model inside the first notebook's cell
 CELL_TIMEOUT = int(os.environ.get("REPSIM_NOTEBOOK_CELL_TIMEOUT", "900"))
 CONCEPTS = {"circle", "square", "triangle", "red", "green", "blue", "yellow", "solid",
@@ -98,21 +105,26 @@ def notebook_env(monkeypatch, tmp_path):
     return tmp_path
 
 
-def test_notebooks_are_generated_from_make_notebooks(tmp_path):
-    """The committed notebooks equal what colab/make_notebooks.py writes (no hand edits that
-    the generator would silently undo), carry no stored outputs, and open as the brief asks:
-    install cell guarded by ``import repsim_jax``, the SMALL switch and one DATA line."""
+def test_notebooks_are_generated_from_their_plain_sources(tmp_path):
+    """Every colab/<name>.py (jupytext py:percent) has its committed <name>.ipynb equal to
+    what colab/make_notebooks.py writes from it, without stored outputs; every notebook
+    opens as the brief asks (install cell guarded by ``import repsim_jax``, the SMALL
+    switch, one DATA line) and takes its helpers and figures from the library."""
     sys.path.insert(0, str(COLAB))
     try:
         import make_notebooks
     finally:
         sys.path.remove(str(COLAB))
-    make_notebooks.main(tmp_path)
-    for name in NOTEBOOKS:
+    written = make_notebooks.main(tmp_path)
+    assert sorted(p.stem for p in written) == SOURCES
+    assert sorted(p.stem for p in COLAB.glob("*.ipynb")) == SOURCES   # no orphan notebook
+    for name in SOURCES:
         committed = nbformat.read(COLAB / f"{name}.ipynb", as_version=4)
         fresh = nbformat.read(tmp_path / f"{name}.ipynb", as_version=4)
-        assert [c.source for c in committed.cells] == [c.source for c in fresh.cells], (
-            f"{name}.ipynb differs from make_notebooks.py: run python colab/make_notebooks.py")
+        assert [(c.cell_type, c.source) for c in committed.cells] == \
+            [(c.cell_type, c.source) for c in fresh.cells], (
+            f"{name}.ipynb differs from {name}.py: run python colab/make_notebooks.py")
+        assert committed.metadata.get("kernelspec", {}).get("name") == "python3"
         sources = [c.source for c in committed.cells if c.cell_type == "code"]
         assert all(not c.get("outputs") for c in committed.cells if c.cell_type == "code")
         install = sources[0]
@@ -122,10 +134,26 @@ def test_notebooks_are_generated_from_make_notebooks(tmp_path):
         config = sources[1]
         assert 'SMALL = os.environ.get("REPSIM_NOTEBOOK_SMALL", "0") == "1"' in config
         assert len(re.findall(r"^DATA = ", config, re.M)) == 1
-        assert committed.cells[0].cell_type == "markdown" and "arXiv" in committed.cells[0].source \
-            or name == "quickstart"
         for src in sources:   # every code cell is valid Python once magics are set aside
             ast.parse("\n".join(l for l in src.splitlines() if not l.strip().startswith("%")))
+        code = "\n".join(sources)
+        # the helpers that used to be written into the notebooks come from the library
+        for helper in ("show", "image_grid", "image_rows", "load_tfds", "imagenet_classifier",
+                       "rule_iou"):
+            assert not re.search(rf"^\s*def {helper}\(", code, re.M), (name, helper)
+        if name in NOTEBOOKS:
+            assert committed.cells[0].cell_type == "markdown"
+            assert "arXiv" in committed.cells[0].source or name == "quickstart"
+            # shows the report's own figures inline
+            assert re.search(r"(figures\.\w+|image_rows)\(", code), name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in SOURCES if n not in NOTEBOOKS])
+def test_other_notebooks_run(notebook_env, name):
+    """Notebooks without a dedicated test below (e.g. own_model) run headless too."""
+    nb = execute(name, notebook_env)
+    assert n_pictures(nb) >= 1 and text_of(nb).strip()
 
 
 @pytest.mark.slow
@@ -218,3 +246,24 @@ def test_visual_summaries(notebook_env):
     masked = number(r"sharp mask's pixels blurred ([0-9.]+)", text)
     assert masked < clean   # the masked pixels carry class evidence
     assert len(re.findall(r"^class \w+: status ", text, re.M)) == 2
+
+
+@pytest.mark.slow
+def test_own_model(notebook_env):
+    nb = execute("own_model", notebook_env)
+    text = text_of(nb)
+    assert n_pictures(nb) >= 2
+    assert "hf:Dinov2WithRegistersModel" in text
+    assert number(r"prefix tokens \(CLS \+ registers\): (\d+)", text) == 3
+    # every block: (N, 1 + 2 registers + 8 x 8 patches, D), 64 patch tokens kept
+    rows = re.findall(r"^(\S+) +\((\d+), (\d+), (\d+)\) -> patch tokens (\d+)$", text, re.M)
+    assert [r[0] for r in rows] == ["embeddings", "encoder.layer.0", "encoder.layer.1",
+                                    "layernorm"], text
+    assert all(int(r[2]) == 67 and int(r[4]) == 64 for r in rows), rows
+    diag = re.findall(r"diagonal min ([0-9.]+)", text)
+    assert len(diag) == 4 and all(float(d) == pytest.approx(1.0, abs=1e-4) for d in diag)
+    assert text.count("semantic >= spatio-semantic: True") == 4
+    cka = re.search(r"CKA diagonal: \[([^\]]+)\]", text).group(1).split()
+    assert [float(v) for v in cka] == pytest.approx([1.0] * 4, abs=1e-3)
+    report = re.search(r"report: (\S+)", text).group(1)
+    assert Path(notebook_env, report).is_file() or Path(report).is_file()

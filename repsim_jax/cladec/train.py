@@ -48,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from tqdm.auto import tqdm
+from repsim_jax import _progress
 
 from repsim_jax._checks import InputError, as_float_array, check_same_length, unknown_name
 from repsim_jax.cladec.decoder import Decoder, reinitialize
@@ -129,9 +129,10 @@ def frozen(model: nnx.Module):
 
 def _taps(graphdef, params, rest, x, layers):
     # fresh Variable objects at the current trace level, so that BN may update its statistics
+    from repsim_jax.models.capture import record_layers
     m = nnx.merge(graphdef, params, jax.tree.map(lambda a: a, rest))
-    taps: dict = {}
-    logits = m(x, taps=taps)
+    # any nnx model (submodule paths + taps), its own normalisation, modes as _with_mode set
+    logits, taps = record_layers(m, x, eval_mode=False)
     taps.setdefault("logits", logits)
     _, _, new_rest = nnx.split(m, nnx.Param, ...)
     return [taps[k] for k in layers], logits, new_rest
@@ -144,7 +145,8 @@ def _constant(tree):
 
 
 def _logits(graphdef, params, rest, x):
-    return nnx.merge(graphdef, params, rest)(x)
+    from repsim_jax.models.capture import model_output
+    return model_output(nnx.merge(graphdef, params, rest), x)
 
 
 MEMBER_MAPS = ("auto", "vmap", "unroll")
@@ -322,8 +324,8 @@ def train_members(loss_all: Callable, params, aux, consts, data: dict, *, steps:
 
     last_saved = start
     try:
-        with tqdm(total=steps, initial=min(start, steps), desc=desc,
-                  disable=None if progress else True) as bar:
+        with _progress.bar(steps, desc=desc, unit="step", progress=progress) as bar:
+            bar.update(min(start, steps))
             t = start
             while t < steps:
                 stop = min(t + log_every - (t % log_every), steps)

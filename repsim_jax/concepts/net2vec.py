@@ -288,10 +288,7 @@ def train_net2vec(acts, masks, concept_names: Sequence[str] | None = None,
     tx = config.optimizer or optax.sgd(config.learning_rate, momentum=config.momentum)
     key = jax.random.PRNGKey(config.seed)
     weights, bias, scales, thresholds, history = {}, {}, {}, {}, {}
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover
-        tqdm = None
+    from repsim_jax import _progress
     for shape, group in _groups(acts).items():
         X = jnp.stack([jnp.asarray(acts[n], jnp.float32) for n in group])   # (L, N, h, w, C)
         L, C = X.shape[0], shape[-1]
@@ -308,9 +305,8 @@ def train_net2vec(acts, masks, concept_names: Sequence[str] | None = None,
         opt_state = tx.init(params)
         losses = []
         epochs = range(config.epochs)
-        if tqdm is not None:
-            epochs = tqdm(epochs, desc=f"net2vec {len(group)} layer(s) {shape}",
-                          disable=not config.progress, leave=False)
+        epochs = _progress.track(epochs, desc=f"net2vec {len(group)} layer(s) {shape}",
+                                 unit="epoch", progress=config.progress)
         for _ in epochs:
             key, k_ep = jax.random.split(key)
             params, opt_state, ep_loss = _train_epoch(

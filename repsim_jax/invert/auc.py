@@ -55,14 +55,17 @@ __all__ = ["twice_average_ranks", "auc_from_rank_sums", "rank_auc", "mann_whitne
 ALTERNATIVES = ("two-sided", "greater", "less")
 
 
-def twice_average_ranks(a: jax.Array) -> tuple[jax.Array, jax.Array]:
+def twice_average_ranks(a: jax.Array, dtype=None) -> tuple[jax.Array, jax.Array]:
     """Twice the 1-based average ranks along the last axis, and the tie term.
 
     Args:
       a: (..., N) activations.
+      dtype: of ``rho``; default float64 under x64, else float32. An integer dtype
+        (int32 / uint32) gives the exact integers for any N < 2^30.
     Returns:
-      ``rho``: (..., N) float64 (under x64; else float32) integers :math:`2 r_i`;
-      ``tie_term``: (...,) :math:`\\sum_{\\text{groups}} (t^3 - t)` of the tie groups.
+      ``rho``: (..., N) integers :math:`2 r_i`;
+      ``tie_term``: (...,) :math:`\\sum_{\\text{groups}} (t^3 - t)` of the tie groups
+      (float64 under x64, else float32: then rounded for large tie groups).
     """
     n = a.shape[-1]
     order = jnp.argsort(a, axis=-1, stable=True)
@@ -74,7 +77,7 @@ def twice_average_ranks(a: jax.Array) -> tuple[jax.Array, jax.Array]:
     first = jax.lax.cummax(jnp.where(starts, idx, 0), axis=a.ndim - 1)
     last = jax.lax.cummin(jnp.where(ends, idx, n - 1), axis=a.ndim - 1, reverse=True)
     ftype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
-    rho_sorted = (first + last + 2).astype(ftype)
+    rho_sorted = (first + last + 2).astype(ftype if dtype is None else dtype)
     t = (last - first + 1).astype(ftype)
     tie_term = jnp.sum(t * t - 1.0, axis=-1)  # sum over elements of t^2-1 = sum_groups t^3-t
     inv = jnp.argsort(order, axis=-1)

@@ -63,6 +63,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
+from repsim_jax._checks import InputError
+from repsim_jax._devices import as_mesh, resolve_mesh_alias
 from repsim_jax.invert.auc import auc_from_rank_sums, twice_average_ranks
 
 __all__ = ["ConceptTable", "concept_table", "SearchConfig", "beam_search"]
@@ -123,6 +125,39 @@ class SearchConfig:
     sparse: bool = False
     block: int = 64
     dedup_factor: int = 8
+    precision: str = "float64"
+
+
+PRECISIONS = ("float64", "float32")
+MAX_N_32 = 92681  # the largest N with N^2 / 2 < 2^32 (see "Precision" above)
+
+
+def _stat_dtype(cfg: SearchConfig):
+    """dtype of the rank sums and counts inside the search: float64, or uint32 (modular)."""
+    return jnp.float64 if cfg.precision == "float64" else jnp.uint32
+
+
+def _stat_const(x: int, cfg: SearchConfig):
+    """An integer statistic as a constant of the search's dtype (mod 2^32 for uint32)."""
+    if cfg.precision == "float64":
+        return float(x)
+    return np.uint32(int(x) % 2 ** 32)
+
+
+def _auc(r2, n, n_total, cfg: SearchConfig):
+    """AUC from twice the rank sum ``r2`` and count ``n`` in the search's precision.
+
+    float64: :func:`~repsim_jax.invert.auc.auc_from_rank_sums`. uint32: ``2U = r2 - n(n+1)``
+    and ``2 n (N - n)`` are exact integers below 2^32 (N <= 92681) even though ``r2`` is
+    only known modulo 2^32; each is rounded once to float32 and divided (float32).
+    """
+    if cfg.precision == "float64":
+        return auc_from_rank_sums(r2, n, n_total)
+    n = n.astype(jnp.uint32)
+    u2 = r2 - n * (n + jnp.uint32(1))
+    den = jnp.uint32(2) * n * (jnp.uint32(n_total) - n)
+    return jnp.where(den > 0, u2.astype(jnp.float32) /
+                     jnp.where(den > 0, den, 1).astype(jnp.float32), jnp.nan)
 
 
 def _concept_sums(w, lab_dense, nz_g, nz_c, sparse: bool):
@@ -143,8 +178,14 @@ def _fraction_ok(count, n_total, cfg: SearchConfig, frac32=None):
         f = count.astype(jnp.float32) / jnp.float32(n_total) if frac32 is None else frac32
         return ((f >= jnp.float32(cfg.min_fraction)) & (f <= jnp.float32(cfg.max_fraction))
                 & (f > 0) & (f < 1))
-    return ((count >= cfg.min_fraction * n_total) & (count <= cfg.max_fraction * n_total)
-            & (count > 0) & (count < n_total))
+    lo, hi = _count_bounds(n_total, cfg)
+    return (count >= lo) & (count <= hi) & (count > 0) & (count < n_total)
+
+
+def _count_bounds(n_total, cfg: SearchConfig):
+    """Integer bounds equivalent to ``min_fraction * N <= count <= max_fraction * N``
+    (products in float64, as Python floats), so both precisions admit the same counts."""
+    return math.ceil(cfg.min_fraction * n_total), math.floor(cfg.max_fraction * n_total)
 
 
 def _score(auc, ok, cfg: SearchConfig):
@@ -182,14 +223,15 @@ def _search_block(rho_g, constant, expand, lab_f, lab_t, nz_g, nz_c, counts_g, n
     expansion lists ``expand`` (u, K); returns per-step beam arrays."""
     u = rho_g.shape[0]
     n_groups, n_concepts = lab_f.shape
-    f64 = jnp.float64
-    r_all = float(n_total) * (n_total + 1)  # twice the rank sum of all inputs
+    sd = _stat_dtype(cfg)
+    r_all = _stat_const(n_total * (n_total + 1), cfg)  # twice the rank sum of all inputs
     r_con = _concept_sums(rho_g, lab_f, nz_g, nz_c, cfg.sparse)  # (u, C)
     n_con = counts_g @ lab_f  # (C,)
 
     # ---- step 1: all 2C literals (c then NOT c, in concept order)
     r_lit = jnp.concatenate([r_con, r_all - r_con], axis=1)
-    n_lit = jnp.broadcast_to(jnp.concatenate([n_con, n_total - n_con]), r_lit.shape)
+    n_lit = jnp.broadcast_to(jnp.concatenate([n_con, _stat_const(n_total, cfg) - n_con]),
+                             r_lit.shape)
     auc_lit, ok_lit = _literal_auc(r_con, n_con, n_total, cfg, jnp)
     ok_lit = ok_lit & ~constant[:, None]
     score_lit = _score(auc_lit, ok_lit, cfg)
@@ -235,7 +277,7 @@ def _search_block(rho_g, constant, expand, lab_f, lab_t, nz_g, nz_c, counts_g, n
     arange_len = jnp.arange(max_len)
 
     for _step in range(2, max_len + 1):
-        sup_f = beam_sup.astype(f64)
+        sup_f = beam_sup.astype(sd)
         w = jnp.stack([rho_g[:, None, :] * sup_f, counts_g[None, None, :] * sup_f], axis=2)
         x = _concept_sums(w, lab_f, nz_g, nz_c, cfg.sparse)  # (u, B, 2, C)
         x_r = jnp.take_along_axis(x[:, :, 0, :], c_exp[:, None, :], axis=2)  # (u, B, K)
@@ -245,13 +287,14 @@ def _search_block(rho_g, constant, expand, lab_f, lab_t, nz_g, nz_c, counts_g, n
         cand_r = jnp.stack([jnp.where(neg_e, tb_r - x_r, x_r),
                             jnp.where(neg_e, r_all - r_e + x_r, tb_r + r_e - x_r)], axis=-1)
         cand_n = jnp.stack([jnp.where(neg_e, tb_n - x_n, x_n),
-                            jnp.where(neg_e, n_total - n_e + x_n, tb_n + n_e - x_n)], axis=-1)
+                            jnp.where(neg_e, _stat_const(n_total, cfg) - n_e + x_n,
+                                      tb_n + n_e - x_n)], axis=-1)
         cand_ok = _fraction_ok(cand_n, n_total, cfg) & beam_ok[:, :, None, None] & valid_e
         if not cfg.compat:  # the expansion leaves the parent's support unchanged
             cand_ok = cand_ok & (cand_n != tb_n[..., None])
-        cand_score = _score(auc_from_rank_sums(cand_r, cand_n, n_total), cand_ok, cfg)
+        cand_score = _score(_auc(cand_r, cand_n, n_total, cfg), cand_ok, cfg)
         cand_score = cand_score.reshape(u, -1)  # pool order: parent, expansion, op
-        prev_score = _score(auc_from_rank_sums(beam_r, beam_n, n_total), beam_ok, cfg)
+        prev_score = _score(_auc(beam_r, beam_n, n_total, cfg), beam_ok, cfg)
         kk = b if cfg.compat else min(b * cfg.dedup_factor, cand_score.shape[1])
         top_s, top_i = stable_top_k(cand_score, kk)
         # pool = previous beam (first: wins ties) followed by the candidates
@@ -299,7 +342,7 @@ def _search_block(rho_g, constant, expand, lab_f, lab_t, nz_g, nz_c, counts_g, n
         chains = jnp.where(at, lit[..., None].astype(jnp.int32), par_chain)
         ops = jnp.where(at, op[..., None], par_ops)
         lengths = par_len + is_cand.astype(jnp.int32)
-        beam_auc = auc_from_rank_sums(beam_r, beam_n, n_total)
+        beam_auc = _auc(beam_r, beam_n, n_total, cfg)
         beam_ok = sel_ok
         beam_sup = new_sup & sel_ok[..., None]
         history.append((chains, ops, beam_r, beam_n, beam_auc, beam_ok))
@@ -334,13 +377,20 @@ def stable_top_k(x, k: int, chunk: int | None = None):
 
 
 def _literal_auc(r_con, n_con, n_total, cfg: SearchConfig, xp):
-    """AUC and admissibility of the 2C literals (c, then NOT c) with numpy or jax.numpy."""
-    with np.errstate(invalid="ignore", divide="ignore"):
-        n_neg = n_total - n_con
-        den = 2.0 * n_con * n_neg
-        auc_con = xp.where(den > 0, (r_con - n_con * (n_con + 1)) / xp.where(den > 0, den, 1.0),
-                           xp.nan)
+    """AUC and admissibility of the 2C literals (c, then NOT c) with numpy or jax.numpy
+    (numpy: always float64; jax.numpy: in the search's precision)."""
     n_lit = xp.concatenate([n_con, n_total - n_con])
+    if xp is np or cfg.precision == "float64":
+        with np.errstate(invalid="ignore", divide="ignore"):
+            auc_con = auc_from_rank_sums_np(r_con, n_con, n_total, xp)
+            r_neg = float(n_total) * (n_total + 1) - r_con
+            auc_neg = auc_from_rank_sums_np(r_neg, n_total - n_con, n_total, xp)
+    else:  # uint32 statistics (modular); n_total - n_con wraps correctly too
+        n_con = n_con.astype(jnp.uint32)
+        n_lit = jnp.concatenate([n_con, jnp.uint32(n_total) - n_con])
+        auc_con = _auc(r_con, n_con, n_total, cfg)
+        auc_neg = _auc(_stat_const(n_total * (n_total + 1), cfg) - r_con,
+                       jnp.uint32(n_total) - n_con, n_total, cfg)
     if cfg.compat:  # torchmetrics: AUC 0 without positives or negatives; NOT c = 1 - AUC(c)
         auc_con = xp.where(xp.isnan(auc_con), 0.0, auc_con)
         auc_lit = xp.concatenate([auc_con, 1.0 - auc_con], axis=1)
@@ -349,14 +399,16 @@ def _literal_auc(r_con, n_con, n_total, cfg: SearchConfig, xp):
         ok = ((frac >= xp.float32(cfg.min_fraction)) & (frac <= xp.float32(cfg.max_fraction))
               & (frac > 0) & (frac < 1))
     else:
-        r_neg = float(n_total) * (n_total + 1) - r_con
-        with np.errstate(invalid="ignore", divide="ignore"):
-            auc_neg = xp.where(den > 0, (r_neg - n_neg * (n_neg + 1)) /
-                               xp.where(den > 0, den, 1.0), xp.nan)
         auc_lit = xp.concatenate([auc_con, auc_neg], axis=1)
-        ok = ((n_lit >= cfg.min_fraction * n_total) & (n_lit <= cfg.max_fraction * n_total)
-              & (n_lit > 0) & (n_lit < n_total))
+        lo, hi = _count_bounds(n_total, cfg)
+        ok = (n_lit >= lo) & (n_lit <= hi) & (n_lit > 0) & (n_lit < n_total)
     return auc_lit, xp.broadcast_to(ok, auc_lit.shape)
+
+
+def auc_from_rank_sums_np(r2, n, n_total, xp=np):
+    """float64 AUC ``(r2 - n(n+1)) / (2 n (N - n))`` (NaN where undefined), numpy or jnp."""
+    den = 2.0 * n * (n_total - n)
+    return xp.where(den > 0, (r2 - n * (n + 1)) / xp.where(den > 0, den, 1.0), xp.nan)
 
 
 def _order_keys(auc_lit, cfg: SearchConfig, xp):
@@ -379,18 +431,25 @@ def expansion_order_host(rho_g, table: ConceptTable, cfg: SearchConfig) -> np.nd
     return order[:, :k_exp].astype(np.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "n_groups"))
-def _stats_device(acts, group, lab_f, counts_g, cfg: SearchConfig, n_groups: int):
-    """Device version of :func:`group_rank_sums_host` + :func:`expansion_order_host`."""
-    rho, tie = twice_average_ranks(acts)
-    constant = jnp.all(rho == rho[:, :1], axis=1)
-    rho_g = jax.ops.segment_sum(rho.T, group, num_segments=n_groups).T
-    auc_lit, _ = _literal_auc(rho_g @ lab_f, counts_g @ lab_f, acts.shape[1], cfg, jnp)
+def _expansion_device(rho_g, lab_f, counts_g, n_total: int, cfg: SearchConfig):
+    """Expansion lists (U, K) from group rank sums, in the search's precision (jnp)."""
+    auc_lit, _ = _literal_auc(rho_g @ lab_f, counts_g @ lab_f, n_total, cfg, jnp)
     k1, k2 = _order_keys(auc_lit, cfg, jnp)
     ids = jnp.broadcast_to(jnp.arange(auc_lit.shape[1]), auc_lit.shape)
     _, _, order = jax.lax.sort((k1, k2, ids), dimension=1, num_keys=2, is_stable=True)
     k_exp = order.shape[1] if cfg.limit_search is None else min(cfg.limit_search, order.shape[1])
-    return rho_g, tie, constant, order[:, :k_exp].astype(jnp.int32)
+    return order[:, :k_exp].astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "n_groups"))
+def _stats_device(acts, group, lab_f, counts_g, cfg: SearchConfig, n_groups: int):
+    """Device version of :func:`group_rank_sums_host` + :func:`expansion_order_host`."""
+    sd = _stat_dtype(cfg)
+    rho, tie = twice_average_ranks(acts, dtype=None if sd == jnp.float64 else jnp.int32)
+    constant = jnp.all(rho == rho[:, :1], axis=1)
+    rho_g = jax.ops.segment_sum(rho.astype(sd).T, group, num_segments=n_groups).T
+    order = _expansion_device(rho_g, lab_f, counts_g, acts.shape[1], cfg)
+    return rho_g, tie, constant, order
 
 
 def _sort_keys_f32(a):
@@ -464,70 +523,261 @@ def _search_blocks(rho_g, constant, expand, lab_f, lab_t, nz_g, nz_c, counts_g, 
     return tuple(o.reshape(n_units, *o.shape[2:]) for o in out)
 
 
+def _shard_neurons(fn, mesh: Mesh | None, n_sharded: int, n_replicated: int):
+    """``fn`` with its first ``n_sharded`` arguments split over the mesh's first axis."""
+    if mesh is None:
+        return fn
+    shard, rep = P(mesh.axis_names[0]), P()
+    return jax.shard_map(fn, mesh=mesh, in_specs=(shard,) * n_sharded + (rep,) * n_replicated,
+                         out_specs=shard, check_vma=False)
+
+
 @functools.partial(jax.jit, static_argnames=("cfg", "mesh", "n_total"))
 def _search_jit(rho_g, constant, expand, lab_f, lab_t, nz_g, nz_c, counts_g, *,
                 n_total: int, cfg: SearchConfig, mesh: Mesh | None):
     fn = functools.partial(_search_blocks, n_total=n_total, cfg=cfg)
+    return _shard_neurons(fn, mesh, 3, 5)(rho_g, constant, expand, lab_f, lab_t, nz_g, nz_c,
+                                          counts_g)
+
+
+def _null_block(rho, keys, constant, perm_ids, lab_f, lab_t, nz_g, nz_c, counts_g, group, *,
+                n_total: int, n_groups: int, cfg: SearchConfig):
+    """Best-formula statistics of the searches on permuted inputs for a block of neurons.
+
+    ``rho`` (u, N): twice the average ranks; ``keys`` (u, 2): one PRNG key per neuron;
+    ``perm_ids`` (P,): which permutations (permutation p of neuron u uses
+    ``fold_in(keys[u], p)``, so results do not depend on chunking or sharding). For every
+    (neuron, permutation) the ranks are permuted relative to the labels, the group rank sums
+    and the expansion list are recomputed and the whole beam search runs, ``vmap``-ped over
+    the permutations. Returns rank sum, count, validity (u, P) of the best formula of the
+    last step, and ``complete`` (u, P).
+    """
+    sd = _stat_dtype(cfg)
+
+    def one(rho_u, key_u, p):
+        perm = jax.random.permutation(jax.random.fold_in(key_u, p), n_total)
+        return jax.ops.segment_sum(rho_u[perm].astype(sd), group, num_segments=n_groups)
+
+    rho_g = jax.vmap(jax.vmap(one, (None, None, 0)), (0, 0, None))(rho, keys, perm_ids)
+
+    def search(rg):  # rg (u, G): one permutation of every neuron of the block
+        expand = _expansion_device(rg, lab_f, counts_g, n_total, cfg)
+        out = _search_block(rg, constant, expand, lab_f, lab_t, nz_g, nz_c, counts_g,
+                            n_total, cfg)
+        r2, n, valid, complete = out[2], out[3], out[5], out[6]
+        return r2[:, -1, 0], n[:, -1, 0], valid[:, -1, 0], complete
+
+    out = jax.vmap(search, in_axes=1, out_axes=1)(rho_g)
+    return out
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "mesh", "n_total", "n_groups", "block"))
+def _null_jit(rho, keys, constant, perm_ids, lab_f, lab_t, nz_g, nz_c, counts_g, group, *,
+              n_total: int, n_groups: int, cfg: SearchConfig, mesh: Mesh | None, block: int):
+    def blocks(rho, keys, constant, perm_ids, *rest):
+        nb = rho.shape[0] // block
+        split = lambda x: x.reshape(nb, block, *x.shape[1:])  # noqa: E731
+        fn = lambda a: _null_block(*a, perm_ids, *rest, n_total=n_total,  # noqa: E731
+                                   n_groups=n_groups, cfg=cfg)
+        out = jax.lax.map(fn, (split(rho), split(keys), split(constant)))
+        return tuple(o.reshape(rho.shape[0], *o.shape[2:]) for o in out)
+
     if mesh is None:
-        return fn(rho_g, constant, expand, lab_f, lab_t, nz_g, nz_c, counts_g)
-    rep, shard = P(), P("neurons")
-    sharded = jax.shard_map(fn, mesh=mesh,
-                            in_specs=(shard, shard, shard, rep, rep, rep, rep, rep),
-                            out_specs=shard, check_vma=False)
-    return sharded(rho_g, constant, expand, lab_f, lab_t, nz_g, nz_c, counts_g)
+        return blocks(rho, keys, constant, perm_ids, lab_f, lab_t, nz_g, nz_c, counts_g, group)
+    shard, rep = P(mesh.axis_names[0]), P()
+    fn = jax.shard_map(blocks, mesh=mesh, in_specs=(shard,) * 3 + (rep,) * 7,
+                       out_specs=shard, check_vma=False)
+    return fn(rho, keys, constant, perm_ids, lab_f, lab_t, nz_g, nz_c, counts_g, group)
 
 
-def beam_search(acts: np.ndarray, table: ConceptTable, cfg: SearchConfig, devices=None,
-                rank_on: str | None = None):
+def _mesh_layout(mesh, n_units: int, block: int):
+    """(mesh or None for one device, number of devices, block, padded number of neurons)."""
+    if mesh is not None and mesh.devices.size == 1:
+        mesh = None
+    n_dev = 1 if mesh is None else int(mesh.shape[mesh.axis_names[0]])
+    per_dev = int(math.ceil(n_units / n_dev))  # power-of-two blocks: fewer recompilations
+    block = max(1, min(block, 2 ** int(math.ceil(math.log2(max(per_dev, 1))))))
+    unit = block * n_dev
+    return mesh, n_dev, block, int(math.ceil(n_units / unit) * unit)
+
+
+def _first_device(mesh):
+    return jax.local_devices()[0] if mesh is None else mesh.devices.flat[0]
+
+
+def _check_precision(cfg: SearchConfig, n_total: int):
+    if cfg.precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {PRECISIONS}, got {cfg.precision!r}")
+    if cfg.precision == "float32" and n_total > MAX_N_32:
+        raise InputError(f"precision='float32': exact only for N <= {MAX_N_32} inputs "
+                         f"(2 n (N - n) < 2^32), got N={n_total}; use precision='float64' "
+                         f"on a backend with float64 (CPU/GPU) or fewer inputs")
+
+
+def _device_args(table: ConceptTable, cfg: SearchConfig):
+    sd = np.float64 if cfg.precision == "float64" else np.uint32
+    nz_c, nz_g = (x.astype(np.int32) for x in np.nonzero(table.group_labels.T))
+    return (table.group_labels.astype(sd), table.group_labels.T, nz_g, nz_c,
+            table.group_counts.astype(sd))
+
+
+def _exact_stats(r2, n, n_total: int, precision: str):
+    """Twice the rank sums as exact float64 (uint32 modular values: via 2U < 2^32)."""
+    n = np.asarray(n).astype(np.int64)
+    if precision == "float64":
+        return np.asarray(r2, np.float64), n.astype(np.float64)
+    base = n * (n + 1)
+    u2 = (np.asarray(r2).astype(np.int64) - base) % (2 ** 32)
+    return (u2 + base).astype(np.float64), n.astype(np.float64)
+
+
+def beam_search(acts: np.ndarray, table: ConceptTable, cfg: SearchConfig, mesh=None,
+                rank_on: str | None = None, devices=None):
     """Runs the batched beam search on activations (U, N); returns a dict of numpy arrays.
 
     Keys: ``literals`` (U, L, B, L) int32 literal ids (-1 = none), ``ops`` (U, L, B, L),
-    ``rank_sum2`` and ``count`` (U, L, B) float64, ``auc`` (U, L, B), ``valid`` (U, L, B),
-    ``tie_term`` (U,), ``constant`` (U,), ``complete`` (U,) (default mode: whether the
-    de-duplicated beam is exact; the caller retries with a larger ``dedup_factor``).
-    ``devices``: devices to shard the neurons over (None: the default device).
+    ``rank_sum2`` and ``count`` (U, L, B) float64 (exact integers in both precisions),
+    ``auc`` (U, L, B) float64 (recomputed on the host from the exact integers, so the two
+    precisions report identical AUCs), ``valid`` (U, L, B), ``tie_term`` (U,),
+    ``constant`` (U,), ``complete`` (U,) (default mode: whether the de-duplicated beam is
+    exact; the caller retries with a larger ``dedup_factor``).
+    ``mesh``: ``repsim_jax._devices`` convention (None: the default device); neurons are
+    split over its first axis. ``devices=``: deprecated alias of ``mesh``.
     ``rank_on``: "host" (numpy sort; default on CPU) or "device" (XLA sort; default on
     accelerators) for the per-neuron ranks and expansion lists.
     """
+    mesh = as_mesh(resolve_mesh_alias(mesh, devices, "devices", "beam_search"))
     n_units, n_total = acts.shape
-    devices = list(devices) if devices is not None else [jax.devices()[0]]
-    n_dev = len(devices)
+    _check_precision(cfg, n_total)
+    mesh, n_dev, block, padded = _mesh_layout(mesh, n_units, cfg.block)
     if rank_on is None:
-        rank_on = "host" if devices[0].platform == "cpu" else "device"
-    per_dev = int(math.ceil(n_units / n_dev))  # power-of-two blocks: fewer recompilations
-    block = max(1, min(cfg.block, 2 ** int(math.ceil(math.log2(per_dev)))))
-    unit = block * n_dev
-    padded = int(math.ceil(n_units / unit) * unit)
+        rank_on = "host" if _first_device(mesh).platform == "cpu" else "device"
+    if rank_on not in ("host", "device"):
+        raise InputError(f"rank_on must be 'host' or 'device', got {rank_on!r}")
     cfg = dataclasses.replace(cfg, block=block)
-    nz_c, nz_g = (x.astype(np.int32) for x in np.nonzero(table.group_labels.T))
-    mesh = Mesh(np.array(devices), ("neurons",)) if n_dev > 1 else None
-    with jax.enable_x64(True):
-        lab_f = jnp.asarray(table.group_labels, jnp.float64)
-        counts_g = jnp.asarray(table.group_counts, jnp.float64)
+    f64 = cfg.precision == "float64"
+    with jax.enable_x64(f64):
+        lab_f, lab_t, nz_g, nz_c, counts_g = _device_args(table, cfg)
         if rank_on == "host":
             rho_g, tie, constant = group_rank_sums_host(np.asarray(acts), table)
             expand = expansion_order_host(rho_g, table, cfg)
-        elif rank_on == "device":
-            rho_g, tie, constant, expand = (np.asarray(x) for x in _stats_device(
-                jnp.asarray(acts, jnp.float64), jnp.asarray(table.group_of_input), lab_f,
-                counts_g, cfg=cfg, n_groups=table.n_groups))
+            if not f64:  # exact integers < 2^53 -> modulo 2^32
+                rho_g = (rho_g.astype(np.int64) % (2 ** 32)).astype(np.uint32)
         else:
-            raise ValueError(f"rank_on must be 'host' or 'device', got {rank_on!r}")
+            rho_g, tie, constant, expand = (np.asarray(x) for x in _stats_device(
+                jnp.asarray(acts, jnp.float64 if f64 else jnp.float32),
+                jnp.asarray(table.group_of_input), jnp.asarray(lab_f), jnp.asarray(counts_g),
+                cfg=cfg, n_groups=table.n_groups))
         pad = padded - n_units
         rho_g = np.pad(rho_g, ((0, pad), (0, 0)))
         constant_p = np.pad(constant, (0, pad), constant_values=True)
         expand = np.pad(expand, ((0, pad), (0, 0)))
-        args = [rho_g, constant_p, expand, lab_f, jnp.asarray(table.group_labels.T),
-                nz_g, nz_c, counts_g]
-        if mesh is not None:
-            from jax.sharding import NamedSharding
-            sh, rep = NamedSharding(mesh, P("neurons")), NamedSharding(mesh, P())
-            args = [jax.device_put(x, sh if i < 3 else rep) for i, x in enumerate(args)]
-        else:
-            args = [jnp.asarray(x) for x in args]
+        args = [rho_g, constant_p, expand, lab_f, lab_t, nz_g, nz_c, counts_g]
+        args = _put(args, mesh, 3)
         out = _search_jit(*args, n_total=n_total, cfg=cfg, mesh=mesh)
         out = [np.array(o)[:n_units] for o in out]
     keys = ("literals", "ops", "rank_sum2", "count", "auc", "valid", "complete")
     res = dict(zip(keys, out))
-    res.update(tie_term=np.array(tie), constant=np.array(constant))
+    res["rank_sum2"], res["count"] = _exact_stats(res["rank_sum2"], res["count"], n_total,
+                                                  cfg.precision)
+    res["auc"] = _host_auc(res["rank_sum2"], res["count"], res["literals"], n_total,
+                           table.n_concepts, cfg)
+    res.update(tie_term=np.array(tie, np.float64), constant=np.array(constant))
     return res
+
+
+def _host_auc(r2, n, literals, n_total: int, n_concepts: int, cfg: SearchConfig):
+    """float64 AUCs of the beams from exact statistics, computed as the float64 search does
+    (compat: NOT c of step 1 is ``1 - AUC(c)`` with AUC 0 for an undefined AUC(c))."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = auc_from_rank_sums_np(r2, n, n_total)
+        if cfg.compat:
+            negated = literals[:, 0, :, 0] >= n_concepts
+            c_auc = auc_from_rank_sums_np(float(n_total) * (n_total + 1) - r2[:, 0],
+                                          n_total - n[:, 0], n_total)
+            c_auc = np.where(np.isnan(c_auc), 0.0, c_auc)
+            auc[:, 0] = np.where(negated, 1.0 - c_auc, auc[:, 0])
+    return auc
+
+
+def _put(args, mesh, n_sharded: int):
+    if mesh is None:
+        return [jnp.asarray(x) for x in args]
+    from jax.sharding import NamedSharding
+    sh, rep = NamedSharding(mesh, P(mesh.axis_names[0])), NamedSharding(mesh, P())
+    return [jax.device_put(x, sh if i < n_sharded else rep) for i, x in enumerate(args)]
+
+
+def twice_ranks_host(acts: np.ndarray) -> np.ndarray:
+    """(U, N) int32 twice the 1-based average ranks of each row (exact integers)."""
+    from scipy.stats import rankdata
+    return (2.0 * rankdata(np.asarray(acts), axis=1)).astype(np.int32)
+
+
+def null_best_auc(acts: np.ndarray, table: ConceptTable, cfg: SearchConfig, n_perm: int,
+                  seed: int = 0, *, mesh=None, chunk: int | None = None,
+                  neuron_ids=None) -> np.ndarray:
+    """Best-formula AUC of the whole beam search on ``n_perm`` permutations of each neuron.
+
+    The inputs' activations are permuted relative to their labels (H0: the neuron carries
+    no information about the concepts) and the search of ``cfg`` is rerun from scratch
+    (group rank sums, expansion list, every step), so the null distribution includes the
+    selection of the best formula among all candidates. Permutation ``p`` of neuron ``u``
+    is drawn from ``fold_in(fold_in(PRNGKey(seed), neuron_ids[u]), p)``: reproducible and
+    independent of ``chunk``, of the mesh and of the other neurons of the call.
+
+    Args:
+      acts: (U, N) activations; ``table``, ``cfg``: as for :func:`beam_search`.
+      n_perm: permutations per neuron; ``chunk``: permutations per compiled call (memory:
+        ~``chunk * block`` searches at once; default from ``cfg.block``).
+      neuron_ids: (U,) ints folded into the key (default 0..U-1).
+    Returns:
+      (U, n_perm) float64 AUCs (recomputed on the host from the exact statistics, as the
+      observed ones), NaN where the permuted search found no admissible formula. Sign
+      convention as the search: large is good in mode "positive", small in "negative".
+    """
+    mesh = as_mesh(mesh)
+    n_units, n_total = acts.shape
+    _check_precision(cfg, n_total)
+    if int(n_perm) < 1:
+        raise InputError(f"n_perm must be >= 1, got {n_perm}")
+    n_perm = int(n_perm)
+    if chunk is None:
+        chunk = max(1, min(n_perm, cfg.block))
+    chunk = int(min(chunk, n_perm))
+    mesh, n_dev, block, padded = _mesh_layout(mesh, n_units, max(1, cfg.block // chunk))
+    ids = np.arange(n_units) if neuron_ids is None else np.asarray(neuron_ids, np.int64)
+    f64 = cfg.precision == "float64"
+    rho = twice_ranks_host(acts)
+    constant = (rho == rho[:, :1]).all(axis=1)
+    pad = padded - n_units
+    with jax.enable_x64(f64):
+        base = jax.random.PRNGKey(int(seed))
+        keys = np.asarray(jax.vmap(lambda i: jax.random.fold_in(base, i))(
+            jnp.asarray(ids, jnp.uint32)))
+        lab_f, lab_t, nz_g, nz_c, counts_g = _device_args(table, cfg)
+        sharded = _put([np.pad(rho, ((0, pad), (0, 0))),
+                        np.pad(keys, ((0, pad), (0, 0))),
+                        np.pad(constant, (0, pad), constant_values=True)], mesh, 3)
+        rep = _put([lab_f, lab_t, nz_g, nz_c, counts_g, table.group_of_input], None, 0)
+        if mesh is not None:
+            rep = _put(rep, mesh, 0)
+        r2s, ns, oks = [], [], []
+        for start in range(0, n_perm, chunk):
+            perm_ids = jnp.arange(start, start + chunk, dtype=jnp.uint32)
+            c = cfg
+            while True:
+                r2, n, ok, complete = (np.asarray(x)[:n_units] for x in _null_jit(
+                    *sharded[:3], perm_ids, *rep, n_total=n_total, n_groups=table.n_groups,
+                    cfg=c, mesh=mesh, block=block))
+                if c.compat or complete[~constant].all():
+                    break
+                c = dataclasses.replace(c, dedup_factor=c.dedup_factor * 4)
+            keep = min(chunk, n_perm - start)
+            r2s.append(r2[:, :keep]), ns.append(n[:, :keep]), oks.append(ok[:, :keep])
+    r2, n = _exact_stats(np.concatenate(r2s, 1), np.concatenate(ns, 1), n_total,
+                         cfg.precision)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = auc_from_rank_sums_np(r2, n, n_total)
+    ok = np.concatenate(oks, 1).astype(bool)
+    return np.where(ok, auc, np.nan)

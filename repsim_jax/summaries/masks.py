@@ -298,7 +298,9 @@ class _NnxApply:
 
     def __call__(self, state, x):
         from flax import nnx
-        return nnx.merge(self.graphdef, state)(x)
+
+        from repsim_jax.models.capture import model_output   # its normalisation applied
+        return model_output(nnx.merge(self.graphdef, state), x)
 
     def __hash__(self):
         return hash(self.graphdef)
@@ -422,11 +424,9 @@ def optimise_masks(classifier, images, targets=None, *, smooth_steps: int | None
     if idx.size:
         size = min(bs, idx.size)
         chunks = _chunks(idx.size, size)
-        try:
-            from tqdm.auto import tqdm
-            chunks = tqdm(chunks, desc="masks", disable=not progress or len(chunks) < 2)
-        except ImportError:  # pragma: no cover
-            pass
+        from repsim_jax import _progress
+        chunks = _progress.track(chunks, desc="visual-summary masks", unit="chunk",
+                                 progress=progress if len(chunks) > 1 else False)
         for a, b in chunks:
             sel = idx[a:b]
             pad = np.concatenate([sel, np.repeat(sel[-1:], size - sel.size)])

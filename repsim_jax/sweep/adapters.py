@@ -24,7 +24,8 @@ from repsim_jax._checks import InputError
 from repsim_jax.sweep.config import SweepError
 from repsim_jax.sweep.options import matcher_options
 
-__all__ = ["ADAPTERS", "REQUIRES", "run_unit", "check_available", "check_data"]
+__all__ = ["ADAPTERS", "REQUIRES", "run_unit", "check_available", "check_data",
+           "check_models", "NEEDS_MODEL"]
 
 # public functions each adapter calls: module -> names
 REQUIRES: dict[str, dict[str, tuple[str, ...]]] = {
@@ -44,6 +45,8 @@ REQUIRES: dict[str, dict[str, tuple[str, ...]]] = {
 SEMANTIC_MAX_IMAGES = 1000
 # what each method needs from the data
 NEEDS = {"invert": ("concept_labels",), "cladec": ("labels",), "summaries": ("labels",)}
+# methods that run the network itself (not only its activations)
+NEEDS_MODEL = ("cladec", "summaries")
 
 
 def _fn(module: str, name: str) -> Callable:
@@ -76,6 +79,27 @@ def check_data(methods, data) -> None:
                                  f"or an .npz with a {field!r} array)")
 
 
+def check_models(units, models: dict) -> None:
+    """Clear error, before any unit runs, when a unit of a method that runs the network
+    (:data:`NEEDS_MODEL`) is planned for a model given only as precomputed activations."""
+    from repsim_jax.sweep.inputs import PrecomputedActivations
+    for unit in units:
+        m, name = unit.method, getattr(unit, "model", None)
+        if m in NEEDS_MODEL and name in models:
+            model = models[name]
+            if isinstance(model, PrecomputedActivations):
+                raise InputError(f"method {m!r} runs the network itself, but model {name!r} "
+                                 f"is precomputed activations ({model.source!r}); give the "
+                                 f"model (arch / hf / factory) or leave {m!r} out of methods "
+                                 f"(semantic, invert and concepts run on activations alone)")
+
+
+def _inner(ctx) -> bool | None:
+    """``progress=`` for the inner loops of a unit (RSM tiles, ClaDec steps, masks): the
+    sweep's own setting (see repsim_jax._progress)."""
+    return getattr(ctx, "progress", None)
+
+
 def _spatial(a: np.ndarray) -> np.ndarray:
     """(N, C) -> (N, 1, 1, C); (N, H, W, C) unchanged."""
     return a[:, None, None, :] if a.ndim == 2 else a
@@ -83,6 +107,44 @@ def _spatial(a: np.ndarray) -> np.ndarray:
 
 def _depth_labels(ctx, keys) -> list[str]:
     return [f"{m}:{l}" for m, l in keys]
+
+
+def _relative_depth(ctx, keys) -> list[float]:
+    """(index + 1) / depth of each (model, layer) among ALL capturable layers of its model
+    (forward order), for the report's similarity-versus-relative-depth plot."""
+    out = []
+    for m, l in keys:
+        names = list(ctx.shapes.get(m, {}))
+        out.append((names.index(l) + 1.0) / len(names) if l in names else float("nan"))
+    return out
+
+
+def _take_images(images, idx) -> np.ndarray:
+    """``images[idx]`` as an array, for in-memory arrays and lazy (streamed) data alike."""
+    return np.asarray(images[np.asarray(idx, np.int64)])
+
+
+def _thumbnails(images: np.ndarray, side: int = 24) -> np.ndarray:
+    """uint8 thumbnails of NHWC images in [0, 1] (area downsampling by an integer factor)."""
+    x = np.asarray(images, np.float32)
+    f = max(1, x.shape[1] // side)
+    h, w = (x.shape[1] // f) * f, (x.shape[2] // f) * f
+    x = x[:, :h, :w].reshape(len(x), h // f, f, w // f, f, x.shape[-1]).mean((2, 4))
+    return np.round(np.clip(x, 0, 1) * 255).astype(np.uint8)
+
+
+def _report_inputs(ctx, sub=None, per_class: int = 8) -> dict[str, np.ndarray]:
+    """What the report needs to order RSMs by class and show each class's inputs: the
+    labels of the N inputs of the RSMs (``sub``: their indices; None: all) and thumbnails
+    of the first ``per_class`` inputs per class."""
+    if ctx.data.labels is None:
+        return {}
+    idx = np.arange(len(ctx.data)) if sub is None else np.asarray(sub)
+    labels = np.asarray(ctx.data.labels, np.int64)[idx]
+    pick = np.concatenate([np.flatnonzero(labels == c)[:per_class]
+                           for c in np.unique(labels)]).astype(np.int64)
+    return {"inputs/labels": labels, "inputs/thumb_index": pick,
+            "inputs/thumbs": _thumbnails(_take_images(ctx.data.images, idx[pick]))}
 
 
 def _best_matches(keys, M, score: str) -> list[dict]:
@@ -130,8 +192,8 @@ def adapt_semantic(unit, ctx) -> dict[str, Any]:
     reps = {l: _spatial(acts[l]) for l in unit.layers}
     kw = {k: v for k, v in opts.items() if k not in ("kernel", "matcher", "compare", "layers",
                                                      "n_images")}
-    kw.setdefault("devices", _rsm_devices(ctx))
-    kw.setdefault("progress", False)
+    kw.setdefault("mesh", _rsm_devices(ctx))
+    kw.setdefault("progress", _inner(ctx))
     sem = sem_pkg.rsm(reps, kernel=opts["kernel"], matcher=opts["matcher"], **kw)
     for key in matcher_options():     # the identity baseline takes no matcher option
         kw.pop(key, None)
@@ -156,9 +218,12 @@ def adapt_semantic(unit, ctx) -> dict[str, Any]:
             row["retrieval_f1_semantic"] = float(sem_pkg.retrieval_f1(s, concept_labels))
             row["retrieval_f1_identity"] = float(sem_pkg.retrieval_f1(b, concept_labels))
         rows.append(row)
+    arrays.update(_report_inputs(ctx, sub))
     return {"arrays": arrays, "figures": figures, "tables": {"semantic_layers": rows},
             "meta": {"summary": f"{len(unit.layers)} layer(s), N={len(s)}"
-                                + ("" if sub is None else f" (seeded subset of {n_all})")}}
+                                + ("" if sub is None else f" (seeded subset of {n_all})"),
+                     "class_names": list(ctx.data.class_names), "kernel": opts["kernel"],
+                     "matcher": opts["matcher"]}}
 
 
 def adapt_semantic_compare(unit, ctx) -> dict[str, Any]:
@@ -190,7 +255,8 @@ def adapt_semantic_compare(unit, ctx) -> dict[str, Any]:
             "figures": [{"kind": "heatmap", "array": "layer_similarity", "name": "layer_map",
                          "title": f"layer x layer {opts['compare']} of semantic RSMs",
                          "xlabels": labels, "ylabels": labels}],
-            "meta": {"labels": labels,
+            "meta": {"labels": labels, "measure": opts["compare"], "n_inputs": len(ctx.data),
+                     "relative_depth": _relative_depth(ctx, keys),
                      "summary": f"{len(keys)} layers across {len({k[0] for k in keys})} "
                                 f"model(s)"}}
 
@@ -207,7 +273,7 @@ def adapt_invert(unit, ctx) -> dict[str, Any]:
     # every option but "layers" is a keyword of explain (checked by sweep.options)
     kw = {k: v for k, v in opts.items() if k != "layers"}
     out = explain({l: acts[l] for l in unit.layers}, ctx.data.concept_labels,
-                  list(ctx.data.concept_names), devices=list(ctx.mesh.devices.flat), **kw)
+                  list(ctx.data.concept_names), mesh=ctx.mesh, **kw)
     rows, arrays, figures = [], {}, []
     for l in unit.layers:
         res = out[l]
@@ -227,12 +293,32 @@ def adapt_invert(unit, ctx) -> dict[str, Any]:
             logp.append(beam.log_p_value)
         arrays[f"best_auc/{l}"] = np.asarray(auc, np.float64)
         arrays[f"log_p_value/{l}"] = np.asarray(logp, np.float64)
+        arrays.update(_invert_top(l, acts[l], res, ctx, kw.get("reduction", "mean")))
         figures.append({"kind": "hist", "array": f"best_auc/{l}", "name": f"auc_{l}",
                         "title": f"{unit.model} {l}: AUC of each neuron's best formula",
                         "xlabel": "AUC"})
     return {"arrays": arrays, "tables": {"invert_neurons": rows}, "figures": figures,
             "meta": {"summary": f"{len(rows)} neurons labelled (L={opts['L']}, "
-                                f"B={opts['B']})"}}
+                                f"B={opts['B']})", "reduction": kw.get("reduction", "mean"),
+                     "n_inputs": len(ctx.data)}}
+
+
+def _invert_top(layer, act, res, ctx, reduction, k: int = 4) -> dict[str, np.ndarray]:
+    """For the report: the ``k`` neurons with the highest AUC of ``layer``, their (reduced)
+    activation on every input and whether their best formula holds there."""
+    reduce = _fn("repsim_jax.invert", "reduce_activations")
+    parse = _fn("repsim_jax.invert", "parse")
+    aucs = np.asarray([res[u].best.auc if res[u].best else -np.inf for u in range(len(res))])
+    top = [int(u) for u in np.argsort(-aucs, kind="stable")[:k] if np.isfinite(aucs[u])]
+    if not top:
+        return {}
+    a = np.asarray(reduce(np.asarray(act), reduction), np.float32).reshape(len(act), -1)
+    names = list(ctx.data.concept_names)
+    holds = np.stack([parse(res[u].best.formula, ctx.data.concept_labels, names)
+                      for u in top])
+    return {f"top_neurons/{layer}": np.asarray(top, np.int64),
+            f"top_activations/{layer}": a[:, top].T.copy(),
+            f"top_holds/{layer}": np.asarray(holds, bool)}
 
 
 def adapt_invert_fdr(unit, ctx) -> dict[str, Any]:
@@ -253,7 +339,7 @@ def adapt_invert_fdr(unit, ctx) -> dict[str, Any]:
     n_sig = int(np.sum(np.asarray(q) < 0.05))
     return {"arrays": {"log_q_value": np.asarray(log_q, np.float64)},
             "tables": {"invert_sweep_fdr": out}, "figures": [],
-            "meta": {"summary": f"{n_sig} of {len(out)} neurons have q < 0.05 "
+            "meta": {"threshold": 0.05, "summary": f"{n_sig} of {len(out)} neurons have q < 0.05 "
                                 f"(Benjamini-Hochberg over the whole sweep)"}}
 
 
@@ -309,10 +395,13 @@ def adapt_concepts(unit, ctx) -> dict[str, Any]:
         tiles = first.transpose(0, 3, 1, 2).reshape(n_show * k, *first.shape[1:3])
         tiles = tiles / np.maximum(tiles.reshape(len(tiles), -1).max(1), 1e-12)[:, None, None]
         arrays[f"map_tiles/{l}"] = tiles
+        # the data's own images (a model-free sweep from precomputed activations has them too)
+        arrays["example_images"] = np.asarray(_take_images(ctx.data.images, range(n_show)),
+                                              np.float32)
         figures.append({"kind": "images", "array": f"map_tiles/{l}", "name": f"maps_{l}",
                         "cols": k, "title": f"{unit.model} {l}: ICE concept maps "
                         f"(rows: images, columns: concepts)"})
-        rows.append({"model": unit.model, "layer": l, "k": k,
+        rows.append({"model": unit.model, "layer": l, "k": k, "n_inputs": int(len(fit_idx)),
                      "reconstruction_error": float(ice.reconstruction_error),
                      "relative_error": float(ice.relative_error), "n_iter": int(ice.n_iter),
                      "fit_images": int(len(fit_idx))})
@@ -320,7 +409,8 @@ def adapt_concepts(unit, ctx) -> dict[str, Any]:
     if opts.get("net2vec", True) and ctx.data.concept_masks is not None:
         tables["concepts_net2vec"] = _net2vec(unit, ctx, stored, opts, arrays, figures)
     return {"arrays": arrays, "tables": tables, "figures": figures,
-            "meta": {"summary": f"ICE with k={opts['k']} on {len(unit.layers)} layer(s)"
+            "meta": {"n_inputs": len(ctx.data),
+                     "summary": f"ICE with k={opts['k']} on {len(unit.layers)} layer(s)"
                                 + (", Net2Vec" if "concepts_net2vec" in tables else "")}}
 
 
@@ -338,7 +428,7 @@ def _net2vec(unit, ctx, stored, opts, arrays, figures) -> list[dict]:
     keep = np.flatnonzero(masks[:n].reshape(-1, masks.shape[-1]).any(0)
                           & masks[n:].reshape(-1, masks.shape[-1]).any(0) & present)
     cfg = Net2VecConfig(epochs=int(opts.get("net2vec_epochs", 30)), seed=ctx.seed(unit),
-                        progress=False)
+                        progress=_inner(ctx))
     acts = {l: _spatial(stored[l].take(idx)) for l in unit.layers}
     res = net2vec({l: acts[l][:n] for l in unit.layers}, masks[:n][..., keep],
                   {l: acts[l][n:] for l in unit.layers}, masks[n:][..., keep],
@@ -385,7 +475,10 @@ def adapt_concepts_compare(unit, ctx) -> dict[str, Any]:
             "figures": [{"kind": "heatmap", "array": "layer_similarity", "name": "layer_map",
                          "title": f"layer x layer concept similarity ({opts['metric']}, "
                                   f"{how})", "xlabels": labels, "ylabels": labels}],
-            "meta": {"labels": labels, "summary": f"{len(keys)} layers"}}
+            "meta": {"labels": labels, "summary": f"{len(keys)} layers",
+                     "n_inputs": len(ctx.data),
+                     "measure": f"{opts['metric']} {how}",
+                     "relative_depth": _relative_depth(ctx, keys)}}
 
 
 # ------------------------------------------------------------------------------ cladec
@@ -403,7 +496,7 @@ def adapt_cladec(unit, ctx) -> dict[str, Any]:
     seed = ctx.seed(unit)
     common = dict(steps=int(opts["steps"]), lr=float(opts["lr"]),
                   batch_size=min(int(opts["batch_size"]), len(images)), seed=seed,
-                  progress=False)
+                  progress=_inner(ctx))
     fit = fit_cladec(model, images, ctx.data.labels, [layer], [alpha], **common)
     ae = fit_ae(model, images, [layer], **common)
     rec = np.asarray(reconstruct(fit, images, layer, alpha), np.float32)
@@ -415,12 +508,27 @@ def adapt_cladec(unit, ctx) -> dict[str, Any]:
            "lr": float(opts["lr"]),
            "sse_per_image_cladec": float(per_image(rec).mean()),
            "sse_per_image_ae": float(per_image(rec_ae).mean())}
+    retrain_steps = int(opts.get("retrain_steps", 0))
+    if retrain_steps > 0 and len(images) >= 4:
+        # the paper's retraining check: a fresh classifier of the same architecture trained
+        # on the first half of each image set, accuracy on the second half
+        retrain = _fn("repsim_jax.cladec.evaluate", "retrain_accuracy")
+        h = len(images) // 2
+        sets = {"input": images, "cladec": rec, "ae": rec_ae}
+        acc = retrain(model, {k: v[:h] for k, v in sets.items()}, ctx.data.labels[:h],
+                      {k: v[h:] for k, v in sets.items()}, ctx.data.labels[h:],
+                      steps=retrain_steps, batch_size=min(32, h), seed=seed,
+                      progress=_inner(ctx))
+        row.update({f"retrain_accuracy_{k}": float(v) for k, v in acc.items()})
+        row["retrain_steps"], row["retrain_test_images"] = retrain_steps, len(images) - h
     return {"arrays": {"reconstruction": rec, "reconstruction_ae": rec_ae, "grid": grid},
             "tables": {"cladec": [row]},
             "figures": [{"kind": "images", "array": "grid", "name": "grid", "cols": n_show,
                          "title": f"{unit.model} {layer}: input / ClaDec (alpha={alpha}) / "
                                   f"reference AE"}],
-            "meta": {"summary": f"SSE/image ClaDec {row['sse_per_image_cladec']:.2f}, "
+            "meta": {"n_show": n_show, "layer": layer, "alpha": alpha,
+                     "n_inputs": len(images),
+                     "summary": f"SSE/image ClaDec {row['sse_per_image_cladec']:.2f}, "
                                 f"AE {row['sse_per_image_ae']:.2f}"}}
 
 
@@ -440,7 +548,8 @@ def adapt_summaries(unit, ctx) -> dict[str, Any]:
         res = visual_summaries(model, images, labels, classes,
                                images_per_class=int(opts["max_images"]),
                                smooth_steps=int(opts["steps_smooth"]),
-                               sharp_steps=int(opts["steps_sharp"]), progress=False)
+                               sharp_steps=int(opts["steps_sharp"]),
+                               progress=_inner(ctx))
     names = list(ctx.data.class_names)
     arrays: dict[str, np.ndarray] = {"image_indices": np.asarray(res.image_indices)}
     figures, rows = [], []

@@ -32,6 +32,9 @@ TOML example (every key optional; the defaults are the built-in demo)::
     arch = "resnet18"
     weights = "resnet18.pth"
     num_classes = 1000
+    [[models]]
+    name = "vit"                # or hf = "DIR" (save_pretrained), factory =
+    hf = "checkpoints/vit"      # "pkg.mod:fn" (+ weights), activations = "acts.npz"
 
     [semantic]                  # options of one method (see METHOD_DEFAULTS)
     matcher = "exact"
@@ -73,7 +76,8 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
                  # at scale: ICE fitted on a seeded subset, maps of all inputs by chunks;
                  # Net2Vec trained/tested on a seeded subset (sweep.adapters.adapt_concepts)
                  "fit_images": 1000, "net2vec_images": 1000},
-    "cladec": {"alpha": 0.5, "steps": 150, "lr": 3e-3, "batch_size": 32, "layers": "last"},
+    "cladec": {"alpha": 0.5, "steps": 150, "lr": 3e-3, "batch_size": 32, "layers": "last",
+               "retrain_steps": 100},   # 0: skip the retrain-accuracy check
     "summaries": {"classes": "all", "max_images": 4, "steps_smooth": 60, "steps_sharp": 30},
 }
 
@@ -90,15 +94,34 @@ def _field_defaults(cls) -> dict[str, Any]:
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-    """A built-in trained model (``name`` only), or ``arch`` + ``weights`` (ported)."""
+    """One model of a sweep, from exactly one source: a built-in trained model (``name``
+    only); ``arch`` (+ ``weights``, ported; random if none); ``hf`` (a Hugging Face
+    checkpoint directory, :func:`repsim_jax.models.load_hf`); ``factory``
+    (``"package.module:callable"`` returning an nnx model, + optional ``weights`` written
+    by :func:`repsim_jax.models.save_npz` / ``save_safetensors``); ``activations``
+    (precomputed ``{layer: (N, ...)}``: an .npz or a directory of .npy files)."""
     name: str
     arch: str | None = None
     weights: str | None = None
     num_classes: int | None = None
+    hf: str | None = None
+    factory: str | None = None
+    activations: str | None = None
 
     @property
     def builtin(self) -> bool:
-        return self.arch is None
+        return self.source == "builtin"
+
+    @property
+    def source(self) -> str:
+        """``"builtin"``, ``"arch"``, ``"hf"``, ``"factory"`` or ``"activations"``."""
+        for key in MODEL_SOURCES:
+            if getattr(self, key) is not None:
+                return key
+        return "builtin"
+
+
+MODEL_SOURCES = ("arch", "hf", "factory", "activations")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,11 +145,15 @@ _DATA_FLAGS = ("skip_bad_images", "balanced")
 
 @dataclasses.dataclass(frozen=True)
 class DistributedSpec:
-    """``jax.distributed.initialize`` arguments; ``enabled=False`` = one process."""
+    """``jax.distributed.initialize`` arguments; ``enabled=False`` = one process.
+
+    ``peer_timeout``: seconds without a heartbeat after which a waiting process declares
+    another one dead and stops (with a message; rerun to resume)."""
     enabled: bool = False
     coordinator_address: str | None = None
     num_processes: int | None = None
     process_id: int | None = None
+    peer_timeout: float = 60.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,11 +207,30 @@ def _model_spec(entry) -> ModelSpec:
                         label=f"[[models]] {entry['name']!r}" if entry.get("name")
                         else "[[models]]")
     arch = entry.get("arch")
-    name = entry.get("name") or (Path(entry["weights"]).stem if entry.get("weights") else arch)
+    sources = [k for k in MODEL_SOURCES if entry.get(k) is not None]
+    if len(sources) > 1:
+        raise InputError(f"models: entry {dict(entry)} gives {' and '.join(sources)}; give one "
+                         f"of {', '.join(MODEL_SOURCES)} (or only a built-in name)")
+    src = sources[0] if sources else None
+    if entry.get("weights") is not None and src not in ("arch", "factory"):
+        raise InputError(f"models: entry {dict(entry)}: weights go with arch or factory")
+    if entry.get("num_classes") is not None and src in ("hf", "activations"):
+        raise InputError(f"models: entry {dict(entry)}: num_classes goes with arch or "
+                         f"factory (an {src} model has its own)")
+    name = entry.get("name")
+    if not name and entry.get("weights"):
+        name = Path(entry["weights"]).stem
+    if not name and src in ("hf", "activations"):
+        name = Path(str(entry[src]).rstrip("/")).stem
+    if not name and src == "factory":
+        name = str(entry["factory"]).rpartition(":")[2].rpartition(".")[2]
+    name = name or arch
     if not name:
         raise InputError(f"models: entry {dict(entry)} needs a 'name' or an 'arch'")
     nc = entry.get("num_classes")
-    return ModelSpec(str(name), arch, entry.get("weights"), None if nc is None else int(nc))
+    return ModelSpec(str(name), arch, entry.get("weights"), None if nc is None else int(nc),
+                     hf=entry.get("hf"), factory=entry.get("factory"),
+                     activations=entry.get("activations"))
 
 
 def from_dict(d: Mapping[str, Any]) -> SweepConfig:
@@ -318,6 +364,11 @@ def apply_overrides(d: dict[str, Any], assignments) -> dict[str, Any]:
 
 def _file_digest(path: str) -> str:
     p = Path(path)
+    if p.is_dir():      # a directory of files (.npy activations, a checkpoint): every file
+        h = hashlib.sha256()
+        for f in sorted(q for q in p.iterdir() if q.is_file()):
+            h.update(f"{f.name}:{_file_digest(str(f))};".encode())
+        return h.hexdigest()
     if not p.is_file():
         return "missing"
     h = hashlib.sha256()
@@ -352,9 +403,10 @@ def config_hash(cfg: SweepConfig) -> str:
     d.pop("output")
     d.pop("distributed")
     for m in d["models"]:
-        if "weights" in m:
-            m["weights_sha256"] = _file_digest(m["weights"])
-            m["weights"] = os.path.basename(m["weights"])
+        for key in ("weights", "activations", "hf"):   # files enter by content
+            if key in m:
+                m[f"{key}_sha256"] = _file_digest(m[key])
+                m[key] = os.path.basename(str(m[key]).rstrip("/"))
     src = d["data"]["source"]
     if src.endswith((".npz", ".npy")):
         d["data"]["sha256"] = _file_digest(src)

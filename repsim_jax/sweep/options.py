@@ -169,6 +169,9 @@ OPTIONS: dict[str, dict[str, Option]] = {
         "lanes": _int(**_POS, matchers=("auction",)),
         "cost_dtype": Option("str", choices=("auto", "float32", "bfloat16", "float16"),
                              matchers=("auction",)),
+        "tol": Option("float", 0.0, lo_open=True, none=True, matchers=("auction",),
+                      doc="certified max error of every RSM entry (None: uncertified)"),
+        "rounds": _int(**_POS, matchers=("auction",)),
         "eps_start": Option("float", 0.0, lo_open=True, matchers=("sinkhorn",)),
         "eps_end": Option("float", 0.0, lo_open=True, matchers=("sinkhorn",)),
         "n_stages": _int(**_POS, matchers=("sinkhorn",)),
@@ -206,6 +209,7 @@ OPTIONS: dict[str, dict[str, Option]] = {
         "lr": Option("float", 0.0, lo_open=True),
         "batch_size": _int(1),
         "layers": _LAYERS,
+        "retrain_steps": _int(0, doc="retrain-accuracy check (0: off)"),
     },
     "summaries": {
         "classes": Option("ints", doc="class indices"),
@@ -229,12 +233,19 @@ OPTIONS: dict[str, dict[str, Option]] = {
         "coordinator_address": Option("str", none=True, doc="HOST:PORT"),
         "num_processes": _int(1, none=True),
         "process_id": _int(0, none=True),
+        "peer_timeout": Option("float", 0.0, lo_open=True,
+                               doc="seconds without a heartbeat before a peer counts as dead"),
     },
     "models": {
         "name": Option("str"),
         "arch": Option("str", none=True),
         "weights": Option("str", none=True, doc="a weight file"),
         "num_classes": _int(1, none=True),
+        "hf": Option("str", none=True, doc="a Hugging Face checkpoint directory"),
+        "factory": Option("str", none=True, doc="package.module:callable returning an nnx "
+                          "model"),
+        "activations": Option("str", none=True, doc="precomputed {layer: (N, ...)}: an .npz "
+                              "or a directory of .npy"),
     },
     "sweep": {   # the top level of a configuration
         "seed": _int(0),
