@@ -38,6 +38,7 @@ latest checkpoint and ends with the same parameters as an uninterrupted run.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -590,6 +591,14 @@ def fit_reference_ae(model: nnx.Module, images, layers: str | Sequence[str], *,
 
 # ----------------------------------------------------------------------------- decoding
 
+@functools.partial(jax.jit, static_argnames=("graphdef", "dec_graphdef", "layer"))
+def _encode_decode(params, rest, dec_params, x, *, graphdef, dec_graphdef, layer):
+    """Decoder(layer code of x): one module-level jit (graph definitions are static), so
+    repeated reconstructions of equal shapes compile once."""
+    codes, _, _ = _taps(graphdef, params, rest, x, (layer,))
+    return _decode(dec_graphdef, dec_params, codes[0])
+
+
 def _batched(fn, images, batch_size):
     n = images.shape[0]
     if batch_size is None or batch_size >= n:
@@ -605,13 +614,10 @@ def reconstruct(fit: CladecFit, images, layer: str, alpha: float | None = None, 
     group, i = fit.find(layer, alpha)
     cla_graphdef, cla_state = fit.classifier
     params = jax.tree.map(lambda a: a[i], group.decoder_params)
-
-    @jax.jit
-    def run(x):
-        codes, _, _ = _taps(cla_graphdef, *cla_state, x, (layer,))
-        return _decode(group.decoder_graphdef, params, codes[0])
-
-    return _batched(run, images, batch_size)
+    return _batched(lambda x: _encode_decode(cla_state[0], cla_state[1], params, x,
+                                             graphdef=cla_graphdef,
+                                             dec_graphdef=group.decoder_graphdef,
+                                             layer=layer), images, batch_size)
 
 
 def reconstruct_ae(fit: AutoencoderFit, images, layer: str, *,
@@ -622,10 +628,6 @@ def reconstruct_ae(fit: AutoencoderFit, images, layer: str, *,
     enc_graphdef, (enc_params, enc_rest) = group.encoder
     take = lambda t: jax.tree.map(lambda a: a[i], t)  # noqa: E731
     p, r, d = take(enc_params), take(enc_rest), take(group.decoder_params)
-
-    @jax.jit
-    def run(x):
-        codes, _, _ = _taps(enc_graphdef, p, r, x, (layer,))
-        return _decode(group.decoder_graphdef, d, codes[0])
-
-    return _batched(run, images, batch_size)
+    return _batched(lambda x: _encode_decode(p, r, d, x, graphdef=enc_graphdef,
+                                             dec_graphdef=group.decoder_graphdef,
+                                             layer=layer), images, batch_size)

@@ -56,7 +56,7 @@ __all__ = ["METHODS", "METHOD_DEFAULTS", "ModelSpec", "DataSpec", "DistributedSp
            "SweepConfig", "SweepError", "from_dict", "load_toml", "config_hash",
            "apply_overrides", "demo_config", "DEMO", "check_config"]
 
-METHODS = ("semantic", "invert", "concepts", "cladec", "summaries")
+METHODS = ("semantic", "invert", "concepts", "cladec", "summaries", "similarity")
 
 # Options of every method as the sweep passes them on (see repsim_jax.sweep.adapters).
 # What each key accepts (type, range, valid names) is in the table next door,
@@ -65,8 +65,10 @@ METHODS = ("semantic", "invert", "concepts", "cladec", "summaries")
 # ``layers`` (per method) narrows the sweep's layer list for that method: "all", "last"
 # (the deepest layer), or a list of names.
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    # compare: how the layer x layer map compares semantic RSMs; debiased CKA by default
+    # (biased "linear_cka" is large for unrelated layers at small N)
     # n_images: a seeded subset for the N^2 RSMs (None: all, at most 1000)
-    "semantic": {"kernel": "cosine", "matcher": "exact", "compare": "linear_cka",
+    "semantic": {"kernel": "cosine", "matcher": "exact", "compare": "cka_debiased",
                  "layers": "all", "n_images": None},
     "invert": {"L": 2, "B": 3, "min_fraction": 0.0, "max_fraction": 0.5,
                "reduction": "mean", "layers": "all"},
@@ -79,7 +81,36 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "cladec": {"alpha": 0.5, "steps": 150, "lr": 3e-3, "batch_size": 32, "layers": "last",
                "retrain_steps": 100},   # 0: skip the retrain-accuracy check
     "summaries": {"classes": "all", "max_images": 4, "steps_smooth": 60, "steps_sharp": 30},
+    # layer x layer maps of the activations themselves (repsim_jax.similarity): every
+    # layer of every model against every other; measures: names or {name = options}
+    # tables (e.g. {rsa = {compare = "pearson"}}); p-values / intervals where asked
+    "similarity": {"measures": ["cka_debiased"], "n_permutations": 0, "n_bootstrap": 0,
+                   "level": 0.95, "spatial": "flatten", "layers": "all"},
 }
+
+
+def _similarity_measures(values: Mapping[str, Any]) -> None:
+    """[similarity] measures: every name (and its options) known to repsim_jax.similarity."""
+    if "measures" not in values:
+        return
+    from repsim_jax.similarity.compare import similarity_measures
+    try:
+        similarity_measures(values["measures"])
+    except KeyError as e:
+        raise KeyError(f"[similarity] measures: {e.args[0]}") from None
+    except InputError as e:
+        raise InputError(f"[similarity] measures: {e}") from None
+
+
+_opts.register_options(
+    "similarity",
+    measures=_opts.Option("any", doc="names of repsim_jax.similarity measures"),
+    n_permutations=_opts.Option("int", 0, doc="permutations per layer pair (0: no p)"),
+    n_bootstrap=_opts.Option("int", 0, doc="bootstrap resamples per pair (0: no CI)"),
+    level=_opts.Option("float", 0.0, 1.0, lo_open=True, hi_open=True),
+    spatial=_opts.Option("str", choices=("repsim_jax.similarity", "SPATIAL")),
+    layers=_opts.Option("layers", doc="this method's layers"),
+    check=_similarity_measures)
 
 
 class SweepError(RuntimeError):

@@ -99,8 +99,8 @@ def test_report_holds_the_numbers_of_the_method_functions(reference):
     for l in LAYERS:
         assert rows[l]["top1_class_semantic"] == pytest.approx(
             semantic.top1_agreement(direct[l], data.labels))
-    cka = semantic.compare(np.stack([direct[l] for l in LAYERS]), method="linear_cka")
-    table = {(r["layer_a"], r["layer_b"]): r["linear_cka"]
+    cka = semantic.compare(np.stack([direct[l] for l in LAYERS]), method="cka_debiased")
+    table = {(r["layer_a"], r["layer_b"]): r["cka_debiased"]
              for r in res["semantic_layer_similarity.json"]}
     for i, a in enumerate(LAYERS):
         for j, b in enumerate(LAYERS):
