@@ -35,7 +35,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from repsim_jax._checks import InputError, as_float_array, check_same_length
+from repsim_jax._checks import InputError, as_float_array, check_same_length, unknown_name
+from repsim_jax._results import result
 from repsim_jax.cladec.decoder import reinitialize
 from repsim_jax.cladec.train import (_check_labels, _logits, _stack, _taps, _with_mode,
                                      check_images, frozen, map_members, train_members)
@@ -219,12 +220,35 @@ def deletion_curve(classifier: nnx.Module, images, labels, relevance,
     return total / x.shape[0]
 
 
+@result(eq=False)
+class SaliencyComparison:
+    """Deletion test of several relevance maps (:func:`saliency_comparison`).
+
+    ``fractions`` (F,); ``curves`` {name: (F,)} mean true-class probability after deleting
+    each fraction of the most relevant pixels; ``area`` {name: float} (lower = more
+    class-relevant pixels highlighted); ``maps`` {name: (N, H, W)}. Indexing by those
+    field names (``cmp["curves"]``) works as on the dict returned before.
+    """
+    fractions: np.ndarray
+    curves: dict
+    area: dict
+    maps: dict
+
+    def __getitem__(self, key):
+        if key not in ("fractions", "curves", "area", "maps"):
+            raise unknown_name("field", key, ["fractions", "curves", "area", "maps"])
+        return getattr(self, key)
+
+    def keys(self):
+        return ("fractions", "curves", "area", "maps")
+
+
 def saliency_comparison(classifier: nnx.Module, images, labels, cladec_images, ae_images, *,
                         fractions: Sequence[float] = (0.05, 0.1, 0.2, 0.3, 0.5),
-                        baseline: str | float = "mean", seed: int = 0) -> dict:
+                        baseline: str | float = "mean", seed: int = 0) -> SaliencyComparison:
     """Deletion curves of gradient saliency, ClaDec-minus-AE difference and a random map.
 
-    Returns ``{"fractions": (F,), "curves": {name: (F,)}, "area": {name: float}}`` with names
+    Returns a :class:`SaliencyComparison` (fractions, curves, area, maps) with names
     ``"gradient"``, ``"cladec_minus_ae"``, ``"random"``; a lower area = more class-relevant
     pixels highlighted.
     """
@@ -235,5 +259,5 @@ def saliency_comparison(classifier: nnx.Module, images, labels, cladec_images, a
             "random": np.asarray(jax.random.uniform(jax.random.key(seed), images.shape[:3]))}
     curves = {k: deletion_curve(classifier, images, labels, m, fractions, baseline=baseline)
               for k, m in maps.items()}
-    return {"fractions": np.asarray(fractions, np.float32), "curves": curves,
-            "area": {k: float(np.mean(v)) for k, v in curves.items()}, "maps": maps}
+    return SaliencyComparison(np.asarray(fractions, np.float32), curves,
+                              {k: float(np.mean(v)) for k, v in curves.items()}, maps)

@@ -52,6 +52,7 @@ from flax import nnx
 from repsim_jax import _progress
 
 from repsim_jax._checks import InputError, as_float_array, check_same_length, unknown_name
+from repsim_jax._results import result
 from repsim_jax.cladec.decoder import Decoder, reinitialize
 
 __all__ = ["CladecFit", "AutoencoderFit", "DecoderGroup", "fit_cladec", "fit_reference_ae",
@@ -350,7 +351,14 @@ def train_members(loss_all: Callable, params, aux, consts, data: dict, *, steps:
 
 # ----------------------------------------------------------------------------- results
 
-@dataclasses.dataclass
+def _flat_arrays(tree) -> dict:
+    """``{key path: numpy array}`` of the array leaves of a pytree (for ``to_dict``/``save``)."""
+    leaves = jax.tree_util.tree_leaves_with_path(tree)
+    return {jax.tree_util.keystr(p): np.asarray(v) for p, v in leaves
+            if hasattr(v, "shape") and hasattr(v, "dtype")}
+
+
+@result(meta=("layers", "alphas", "code_shape", "decoder_graphdef"), eq=False)
 class DecoderGroup:
     """Members sharing one code shape, stacked on axis 0: member ``i`` decodes ``layers[i]``
     (trained with ``alphas[i]``; ``nan`` for an auto-encoder). ``encoder`` (auto-encoders
@@ -363,6 +371,13 @@ class DecoderGroup:
     history: np.ndarray
     encoder: Any = None
 
+    def to_dict(self) -> dict:
+        return {"layers": list(self.layers), "alphas": list(self.alphas),
+                "code_shape": list(self.code_shape), "history": np.asarray(self.history),
+                "decoder_params": _flat_arrays(self.decoder_params),
+                "encoder_params": None if self.encoder is None else
+                _flat_arrays(self.encoder[1])}
+
     def index(self, layer: str, alpha: float | None = None) -> int | None:
         for i, (l, a) in enumerate(zip(self.layers, self.alphas)):
             if l == layer and (alpha is None or np.isclose(a, alpha)):
@@ -370,12 +385,20 @@ class DecoderGroup:
         return None
 
 
-@dataclasses.dataclass
+@result(meta=("image_shape",), eq=False)
 class CladecFit:
-    """ClaDec decoders for every ``(layer, alpha)``; frozen classifier kept for decoding."""
+    """ClaDec decoders for every ``(layer, alpha)``; frozen classifier kept for decoding.
+
+    A pytree with ``to_dict()`` / ``save(dir)`` (decoder weights and training histories by
+    member; the classifier's weights are not saved: they are the caller's model)."""
     groups: list[DecoderGroup]
     classifier: Any              # (graphdef, (params, rest)) in eval mode
     image_shape: tuple[int, int, int]
+
+    def to_dict(self) -> dict:
+        return {"members": [[l, a] for l, a in self.members],
+                "image_shape": list(self.image_shape),
+                "groups": [g.to_dict() for g in self.groups]}
 
     @property
     def members(self) -> list[tuple[str, float]]:
@@ -390,11 +413,17 @@ class CladecFit:
                            [f"{l}, {a}" for l, a in self.members])
 
 
-@dataclasses.dataclass
+@result(meta=("image_shape",), eq=False)
 class AutoencoderFit:
-    """Reference auto-encoders (fresh encoder up to ``layer`` + decoder), one per layer."""
+    """Reference auto-encoders (fresh encoder up to ``layer`` + decoder), one per layer.
+
+    A pytree with ``to_dict()`` / ``save(dir)`` (encoder and decoder weights, histories)."""
     groups: list[DecoderGroup]
     image_shape: tuple[int, int, int]
+
+    def to_dict(self) -> dict:
+        return {"layers": self.layers, "image_shape": list(self.image_shape),
+                "groups": [g.to_dict() for g in self.groups]}
 
     @property
     def layers(self) -> list[str]:

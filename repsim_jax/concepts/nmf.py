@@ -46,6 +46,8 @@ by fidelity: how much of the network's output survives when the layer is replace
 from __future__ import annotations
 
 import dataclasses
+
+from repsim_jax._results import result
 import functools
 from typing import Callable
 
@@ -264,7 +266,7 @@ def reconstruction_error(X, W, H, *, relative: bool = False) -> float:
 
 
 # ----------------------------------------------------------------------------- ICE
-@dataclasses.dataclass(frozen=True)
+@result(meta=("n_iter", "layer"))
 class ICEConcepts:
     """Unsupervised concept vectors of one layer.
 
