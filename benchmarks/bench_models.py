@@ -4,9 +4,18 @@ Peers measured in the same run:
 * loading: ``repsim_jax.models.load_state_dict`` (restricted unpickler / own safetensors
   parser) per format vs ``torch.load(weights_only=True)`` and ``safetensors.numpy.load_file``;
 * forward: ``activations(model, x, [many layers])`` (jit, single device and data-parallel
-  over all host devices) vs the PyTorch reference module with forward hooks.
+  over all host devices) vs the PyTorch reference module with forward hooks;
+* Hugging Face ports (``--part hf``): ViT-B/16-sized and ConvNeXt-T-sized models (random
+  weights from transformers' default configs, saved by ``save_pretrained`` and read by
+  ``load_hf``, so both sides hold the same weights), forward pass + capture of every block
+  (embeddings, each encoder layer / stage, final norm; ``models.activations``), images/s and
+  peak resident memory
+  during the pass, against transformers' forward with ``output_hidden_states=True``.
 
-Usage: python benchmarks/bench_models.py [--quick] [--out PATH]
+Peak memory is the largest RSS sampled (every 2 ms) during the timed calls minus the RSS
+before them: it counts what the pass allocates on the host (on CPU, everything).
+
+Usage: python benchmarks/bench_models.py [--quick] [--part all|torchvision|hf] [--out PATH]
 """
 from __future__ import annotations
 
@@ -15,6 +24,7 @@ import json
 import os
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -33,11 +43,113 @@ def _best(fn, repeats):
     return min(times)
 
 
+class _PeakRSS:
+    """Largest resident set size sampled while the block runs, minus the RSS at entry (MB)."""
+
+    def __enter__(self):
+        import psutil
+        self._proc = psutil.Process()
+        self.base = self.peak = self._proc.memory_info().rss
+        self._stop = threading.Event()
+
+        def sample():
+            while not self._stop.is_set():
+                self.peak = max(self.peak, self._proc.memory_info().rss)
+                time.sleep(0.002)
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.mb = (self.peak - self.base) / 2**20
+
+
+def _hf_blocks(model):
+    """Every block of a port, as ``activations`` names: embeddings, each encoder layer /
+    stage, the final norm."""
+    import re
+
+    from repsim_jax.models import list_layers
+    pat = r"((vit|convnext)\.)?(embeddings|encoder\.layer\.\d+|encoder\.stages\.\d+|layernorm)"
+    return [n for n in list_layers(model) if re.fullmatch(pat, n)]
+
+
+def hf_rows(quick: bool, repeats: int):
+    """ViT-B/16- and ConvNeXt-T-sized ports vs transformers, same weights, same inputs."""
+    import jax
+    import torch
+    import transformers
+
+    from repsim_jax.models import activations, load_hf
+
+    if quick:
+        cases = [("ViT (192 wide, 4 layers)", transformers.ViTModel,
+                  transformers.ViTConfig(hidden_size=192, num_hidden_layers=4,
+                                         num_attention_heads=3, intermediate_size=768,
+                                         image_size=112, patch_size=16), 112, 8),
+                 ("ConvNeXt (32-256 wide, 1-1-3-1)", transformers.ConvNextModel,
+                  transformers.ConvNextConfig(hidden_sizes=[32, 64, 128, 256],
+                                              depths=[1, 1, 3, 1]), 64, 8)]
+    else:
+        cases = [("ViT-B/16 (86M)", transformers.ViTModel, transformers.ViTConfig(), 224, 16),
+                 ("ConvNeXt-T (28M)", transformers.ConvNextModel,
+                  transformers.ConvNextConfig(), 224, 16)]
+    rows = []
+    for label, cls, config, size, batch in cases:
+        torch.manual_seed(0)
+        tm = cls(config).eval()
+        with tempfile.TemporaryDirectory() as tmp:
+            tm.save_pretrained(tmp)
+            t = time.perf_counter()
+            model = load_hf(tmp)
+            load_s = time.perf_counter() - t
+        blocks = _hf_blocks(model)
+        x = np.random.default_rng(0).uniform(0, 1, (batch, size, size, 3)).astype(np.float32)
+        xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()   # no preprocessor file:
+        t = time.perf_counter()                                     # the port takes x as is
+        out = jax.block_until_ready(activations(model, x, blocks + ["logits"]))
+        compile_s = time.perf_counter() - t
+        with torch.no_grad():
+            ref = tm(xt, output_hidden_states=True)
+        last = ref.hidden_states[-1]
+        ours_last = out[[b for b in blocks if "layernorm" not in b][-1]]
+        if last.ndim == 4:
+            last = last.permute(0, 2, 3, 1)
+        err = float(np.abs(np.asarray(ours_last) - last.numpy()).max())
+        task = f"{label} {batch}x{size}px, {len(blocks)} blocks"
+
+        def ours():
+            jax.block_until_ready(activations(model, x, blocks + ["logits"]))
+
+        def theirs():
+            with torch.no_grad():
+                tm(xt, output_hidden_states=True)
+
+        for impl, fn, extra in (("repsim load_hf + activations (all blocks)", ours,
+                                 {"load_s": load_s, "compile_s": compile_s,
+                                  "max_abs_diff_last_block": err}),
+                                ("transformers (torch) output_hidden_states", theirs, {})):
+            fn()
+            with _PeakRSS() as mem:
+                t = _best(fn, repeats)
+            rows.append({"task": task, "impl": impl, "seconds": t,
+                         "images_per_s": batch / t, "peak_rss_mb": mem.mb, **extra})
+        del tm, model
+    return rows
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes (< 1 min)")
-    ap.add_argument("--out", default="benchmarks/results/models.json")
+    ap.add_argument("--part", choices=("all", "torchvision", "hf"), default="all")
+    ap.add_argument("--out", default=None,
+                    help="default benchmarks/results/models.json (models_hf.json for --part hf)")
     args = ap.parse_args(argv)
+    if args.out is None:
+        args.out = f"benchmarks/results/models{'_hf' if args.part == 'hf' else ''}.json"
 
     import jax
     import torch
@@ -53,6 +165,10 @@ def main(argv=None):
     name = "resnet18" if args.quick else "resnet50"
     size, batch, repeats = (64, 16, 3) if args.quick else (128, 64, 5)
     rows = []
+    if args.part in ("all", "hf"):
+        rows += hf_rows(args.quick, 3)
+    if args.part == "hf":
+        return _report(rows, args, jax, torch)
 
     with torch.device("meta"):
         tmodel = ref.torch_reference(name, 1000)
@@ -97,17 +213,27 @@ def main(argv=None):
     xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
     rows.append({"task": task, "impl": "torch + forward hooks",
                  "seconds": _best(lambda: ref.torch_layers(tmodel, xt), repeats)})
+    return _report(rows, args, jax, torch)
 
-    print(f"{'task':44s} {'implementation':36s} {'seconds':>9s} {'vs first':>9s}")
+
+def _report(rows, args, jax, torch):
+    print(f"{'task':48s} {'implementation':42s} {'seconds':>9s} {'vs first':>9s} "
+          f"{'img/s':>8s} {'peak MB':>8s}")
     first = {}
     for r in rows:
         base = first.setdefault(r["task"], r["seconds"])
         r["ratio_to_first"] = r["seconds"] / base
-        print(f"{r['task']:44s} {r['impl']:36s} {r['seconds']:9.3f} {r['ratio_to_first']:9.2f}")
+        ips = f"{r['images_per_s']:8.1f}" if "images_per_s" in r else f"{'':8s}"
+        mem = f"{r['peak_rss_mb']:8.0f}" if "peak_rss_mb" in r else f"{'':8s}"
+        print(f"{r['task']:48s} {r['impl']:42s} {r['seconds']:9.3f} "
+              f"{r['ratio_to_first']:9.2f} {ips} {mem}")
+    import os as _os
+    load = _os.getloadavg()[0] if hasattr(_os, "getloadavg") else None
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"quick": args.quick, "devices": [str(d) for d in jax.devices()],
-                               "torch_threads": torch.get_num_threads(), "rows": rows},
+                               "torch_threads": torch.get_num_threads(),
+                               "load_average_1min": load, "rows": rows},
                               indent=1))
     print(f"wrote {out}")
 

@@ -86,10 +86,12 @@ def load_result(directory) -> tuple[str, dict]:
     return meta["type"], join(meta["result"])
 
 
-def result(cls=None, *, meta: tuple[str, ...] = ()):
-    """Class decorator: frozen dataclass + pytree (``meta`` fields static) + to_dict/save."""
+def result(cls=None, *, meta: tuple[str, ...] = (), eq: bool = True):
+    """Class decorator: frozen dataclass + pytree (``meta`` fields static) + to_dict/save.
+
+    ``eq=False`` keeps identity comparison (for results holding arrays)."""
     def wrap(c):
-        c = dataclasses.dataclass(frozen=True)(c)
+        c = dataclasses.dataclass(frozen=True, eq=eq)(c)
         names = [f.name for f in dataclasses.fields(c)]
         data = [n for n in names if n not in meta]
         jax.tree_util.register_dataclass(c, data_fields=data, meta_fields=list(meta))

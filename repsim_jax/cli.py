@@ -3,6 +3,7 @@
   repsim demo                      every method on the built-in models and data
   repsim sweep --config run.toml   a configured sweep (flags override the file)
   repsim layers small_vgg          the capturable layers of a model, with shapes
+  repsim layers --hf DIR           ... of a Hugging Face checkpoint (or --factory pkg.mod:fn)
   repsim report OUT                re-render OUT/report.html from its results (no recompute)
 
 The command line only parses; the work is done by :mod:`repsim_jax.sweep`. Bad input
@@ -81,7 +82,9 @@ several hosts (jax.distributed): start the same command on every host, with --ou
 file system all hosts share, plus --distributed (TPU pods, SLURM, Open MPI are detected) or
 --coordinator HOST:PORT --num-processes P --process-id I (or the environment variables
 REPSIM_COORDINATOR, REPSIM_NUM_PROCESSES, REPSIM_PROCESS_ID). Each process computes its
-share of the units on its local devices; process 0 writes the report.
+share of the units on its local devices; process 0 writes the report. A process that fails
+or stops (no heartbeat for --set distributed.peer_timeout=SECONDS, default 60) makes the
+others stop with a message; the same commands run again resume.
 """
 
 
@@ -108,8 +111,15 @@ def build_parser() -> argparse.ArgumentParser:
     ly = sub.add_parser("layers", help="list the capturable layers of a model",
                         description="Lists the layer names (torchvision module paths) and "
                         "per-image activation shapes of a built-in model or an architecture.")
-    ly.add_argument("model", help="built-in model (small_vgg, small_resnet) or an "
-                    "architecture name (resnet18, vgg16_bn, alexnet, ...)")
+    ly.add_argument("model", nargs="?", default=None,
+                    help="built-in model (small_vgg, small_resnet) or an architecture "
+                    "name (resnet18, vgg16_bn, alexnet, ...); or give --hf / --factory")
+    ly.add_argument("--hf", metavar="DIR", default=None,
+                    help="a Hugging Face checkpoint directory (save_pretrained)")
+    ly.add_argument("--factory", metavar="PKG.MOD:FN", default=None,
+                    help="your own code: a callable returning an nnx model")
+    ly.add_argument("--input-shape", metavar="H,W,C", default=None,
+                    help="input size to list shapes at (default: the model's own)")
     ly.add_argument("--num-classes", type=int, default=None,
                     help="classes of an architecture (changes only the last layer's shape; "
                     "default 1000, or the built-in data's classes for the small CNNs)")
@@ -200,16 +210,40 @@ def _cmd_layers(args) -> int:
     from flax import nnx
 
     from repsim_jax import models
-    from repsim_jax.sweep.run import model_layers
-    num_classes = args.num_classes
-    if args.model in ("small_vgg", "small_resnet") and num_classes is None:
-        from repsim_jax.data import shapes   # the built-in models' classes
-        num_classes = len(shapes.CLASS_NAMES)
-    # layer names and shapes do not depend on the weights: no training, no download
-    model = models.build(args.model, num_classes=num_classes or 1000, rngs=nnx.Rngs(0))
-    shapes_ = model_layers(model)
+    from repsim_jax._checks import InputError
+    given = [k for k in ("model", "hf", "factory") if getattr(args, k) is not None]
+    if len(given) != 1:
+        raise InputError("layers: give one of MODEL, --hf DIR or --factory PKG.MOD:FN")
+    hwc = None
+    if args.input_shape:
+        try:
+            hwc = tuple(int(v) for v in args.input_shape.split(","))
+        except ValueError:
+            hwc = ()
+        if len(hwc) != 3:
+            raise InputError(f"--input-shape: expected H,W,C, got {args.input_shape!r}")
+    if args.hf is not None:
+        from repsim_jax.sweep.inputs import load_hf_model
+        model, label = load_hf_model(args.hf, label="--hf"), args.hf
+    elif args.factory is not None:
+        from repsim_jax.sweep.inputs import load_factory_model
+        model = load_factory_model(args.factory, num_classes=args.num_classes,
+                                   label="--factory")
+        label = args.factory
+    else:
+        num_classes = args.num_classes
+        if args.model in ("small_vgg", "small_resnet") and num_classes is None:
+            from repsim_jax.data import shapes   # the built-in models' classes
+            num_classes = len(shapes.CLASS_NAMES)
+        # layer names and shapes do not depend on the weights: no training, no download
+        model = models.build(args.model, num_classes=num_classes or 1000, rngs=nnx.Rngs(0))
+        label = args.model
+    shapes_ = models.layer_shapes(model, hwc)
+    if not shapes_:
+        raise InputError(f"{label}: no capturable layers (no submodule returned an array)")
     width = max(len(n) for n in shapes_)
-    print(f"{args.model}: {len(shapes_)} layers, input {' x '.join(map(str, model.input_shape))}"
+    shown = hwc or getattr(model, "input_shape", None) or ()
+    print(f"{label}: {len(shapes_)} layers, input {' x '.join(map(str, shown))}"
           f" (H x W x C); per-image activation shapes:")
     for name, shape in shapes_.items():
         print(f"  {name:<{width}}  {' x '.join(map(str, shape))}")

@@ -31,7 +31,7 @@ pytest.importorskip("ipykernel", reason="needs the [test] extra (ipykernel)")
 
 COLAB = Path(__file__).resolve().parents[1] / "colab"
 NOTEBOOKS = ["quickstart", "semantic_rsm", "invert", "concept_similarity", "cladec",
-             "visual_summaries"]   # each has its own test below
+             "visual_summaries", "own_model"]   # each has its own test below
 # every plain notebook source of colab/ (jupytext py:percent), e.g. also own_model.py
 SOURCES = sorted(p.stem for p in COLAB.glob("*.py") if p.name != "make_notebooks.py")
 # generous: a cold model cache trains the built-in model inside the first notebook's cell
@@ -246,3 +246,24 @@ def test_visual_summaries(notebook_env):
     masked = number(r"sharp mask's pixels blurred ([0-9.]+)", text)
     assert masked < clean   # the masked pixels carry class evidence
     assert len(re.findall(r"^class \w+: status ", text, re.M)) == 2
+
+
+@pytest.mark.slow
+def test_own_model(notebook_env):
+    nb = execute("own_model", notebook_env)
+    text = text_of(nb)
+    assert n_pictures(nb) >= 2
+    assert "hf:Dinov2WithRegistersModel" in text
+    assert number(r"prefix tokens \(CLS \+ registers\): (\d+)", text) == 3
+    # every block: (N, 1 + 2 registers + 8 x 8 patches, D), 64 patch tokens kept
+    rows = re.findall(r"^(\S+) +\((\d+), (\d+), (\d+)\) -> patch tokens (\d+)$", text, re.M)
+    assert [r[0] for r in rows] == ["embeddings", "encoder.layer.0", "encoder.layer.1",
+                                    "layernorm"], text
+    assert all(int(r[2]) == 67 and int(r[4]) == 64 for r in rows), rows
+    diag = re.findall(r"diagonal min ([0-9.]+)", text)
+    assert len(diag) == 4 and all(float(d) == pytest.approx(1.0, abs=1e-4) for d in diag)
+    assert text.count("semantic >= spatio-semantic: True") == 4
+    cka = re.search(r"CKA diagonal: \[([^\]]+)\]", text).group(1).split()
+    assert [float(v) for v in cka] == pytest.approx([1.0] * 4, abs=1e-3)
+    report = re.search(r"report: (\S+)", text).group(1)
+    assert Path(notebook_env, report).is_file() or Path(report).is_file()

@@ -26,6 +26,7 @@ Three measurements (Schneider & Vlachos 2022, Sec. "Evaluation"):
 """
 from __future__ import annotations
 
+import functools
 from typing import Mapping, Sequence
 
 import jax
@@ -34,7 +35,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from repsim_jax._checks import InputError, as_float_array, check_same_length
+from repsim_jax._checks import InputError, as_float_array, check_same_length, unknown_name
+from repsim_jax._results import result
 from repsim_jax.cladec.decoder import reinitialize
 from repsim_jax.cladec.train import (_check_labels, _logits, _stack, _taps, _with_mode,
                                      check_images, frozen, map_members, train_members)
@@ -111,15 +113,12 @@ def retrain_accuracy(classifier: nnx.Module, train_sets: Mapping[str, np.ndarray
         steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed,
         progress=progress, desc=f"retrain {k} classifiers")
 
-    @jax.jit
-    def predict(p, r, x):
-        return jnp.argmax(_logits(eval_graphdef, p, r, x), axis=-1)
-
     out = {}
     for i, name in enumerate(names):
         p = jax.tree.map(lambda a: a[i], params_k)
         r = jax.tree.map(lambda a: a[i], rest_k)
-        pred = np.concatenate([np.asarray(predict(p, r, xte[i, j:j + 512]))
+        pred = np.concatenate([np.asarray(_predict(p, r, xte[i, j:j + 512],
+                                                       graphdef=eval_graphdef))
                                for j in range(0, xte.shape[1], 512)])
         out[name] = float(np.mean(pred == yte))
     return out
@@ -131,17 +130,13 @@ def gradient_saliency(classifier: nnx.Module, images, labels, *,
     check_images(images)
     graphdef, (params, rest) = frozen(classifier)
 
-    @jax.jit
-    def sal(x, y):
-        def score(x):
-            logits = _logits(graphdef, params, rest, x)
-            return jnp.sum(jnp.take_along_axis(logits, y[:, None], axis=1))
-        return jnp.sum(jnp.abs(jax.grad(score)(x)), axis=-1)
-
     num_classes = int(_logits(graphdef, params, rest, jnp.asarray(images[:1])).shape[-1])
     labels = _check_labels(labels, images, num_classes)
-    return np.concatenate([np.asarray(sal(jnp.asarray(images[i:i + batch_size], jnp.float32),
-                                          jnp.asarray(labels[i:i + batch_size])))
+    return np.concatenate([np.asarray(_saliency(params, rest,
+                                                jnp.asarray(images[i:i + batch_size],
+                                                            jnp.float32),
+                                                jnp.asarray(labels[i:i + batch_size]),
+                                                graphdef=graphdef))
                            for i in range(0, len(images), batch_size)])
 
 
@@ -154,6 +149,30 @@ def difference_map(cladec_images, ae_images) -> np.ndarray:
                          f"cladec_images {tuple(cladec_images.shape)}")
     return np.abs(np.asarray(cladec_images, np.float32)
                   - np.asarray(ae_images, np.float32)).sum(-1)
+
+
+# module-level jits (graph definitions static): equal shapes compile once across calls
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _predict(p, r, x, *, graphdef):
+    return jnp.argmax(_logits(graphdef, p, r, x), axis=-1)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _saliency(params, rest, x, y, *, graphdef):
+    def score(x):
+        logits = _logits(graphdef, params, rest, x)
+        return jnp.sum(jnp.take_along_axis(logits, y[:, None], axis=1))
+    return jnp.sum(jnp.abs(jax.grad(score)(x)), axis=-1)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _true_prob(params, rest, xb, rb, yb, base, fr, *, graphdef):
+    masks = _deletion_masks(rb, fr)[..., None]                         # (F, B, H, W, 1)
+    deleted = jnp.where(masks, base, xb[None])                         # (F, B, H, W, C)
+    f, b = deleted.shape[:2]
+    logits = _logits(graphdef, params, rest, deleted.reshape(f * b, *xb.shape[1:]))
+    p = jax.nn.softmax(logits, axis=-1).reshape(f, b, -1)
+    return jnp.sum(jnp.take_along_axis(p, yb[None, :, None], axis=2)[..., 0], axis=1)
 
 
 def _deletion_masks(relevance: jax.Array, fractions: jax.Array) -> jax.Array:
@@ -191,29 +210,45 @@ def deletion_curve(classifier: nnx.Module, images, labels, relevance,
     num_classes = int(_logits(graphdef, params, rest, x[:1]).shape[-1])
     labels = jnp.asarray(_check_labels(labels, images, num_classes))
 
-    @jax.jit
-    def true_prob(xb, rb, yb):
-        masks = _deletion_masks(rb, jnp.asarray(fr))[..., None]         # (F, B, H, W, 1)
-        deleted = jnp.where(masks, base, xb[None])                     # (F, B, H, W, C)
-        f, b = deleted.shape[:2]
-        logits = _logits(graphdef, params, rest, deleted.reshape(f * b, *xb.shape[1:]))
-        p = jax.nn.softmax(logits, axis=-1).reshape(f, b, -1)
-        return jnp.sum(jnp.take_along_axis(p, yb[None, :, None], axis=2)[..., 0], axis=1)
-
     total = np.zeros(fr.shape, np.float64)
     step = max(1, batch_size // len(fr))
     rel = jnp.asarray(relevance, jnp.float32)
     for i in range(0, x.shape[0], step):
-        total += np.asarray(true_prob(x[i:i + step], rel[i:i + step], labels[i:i + step]))
+        total += np.asarray(_true_prob(params, rest, x[i:i + step], rel[i:i + step],
+                                          labels[i:i + step], base, jnp.asarray(fr),
+                                          graphdef=graphdef))
     return total / x.shape[0]
+
+
+@result(eq=False)
+class SaliencyComparison:
+    """Deletion test of several relevance maps (:func:`saliency_comparison`).
+
+    ``fractions`` (F,); ``curves`` {name: (F,)} mean true-class probability after deleting
+    each fraction of the most relevant pixels; ``area`` {name: float} (lower = more
+    class-relevant pixels highlighted); ``maps`` {name: (N, H, W)}. Indexing by those
+    field names (``cmp["curves"]``) works as on the dict returned before.
+    """
+    fractions: np.ndarray
+    curves: dict
+    area: dict
+    maps: dict
+
+    def __getitem__(self, key):
+        if key not in ("fractions", "curves", "area", "maps"):
+            raise unknown_name("field", key, ["fractions", "curves", "area", "maps"])
+        return getattr(self, key)
+
+    def keys(self):
+        return ("fractions", "curves", "area", "maps")
 
 
 def saliency_comparison(classifier: nnx.Module, images, labels, cladec_images, ae_images, *,
                         fractions: Sequence[float] = (0.05, 0.1, 0.2, 0.3, 0.5),
-                        baseline: str | float = "mean", seed: int = 0) -> dict:
+                        baseline: str | float = "mean", seed: int = 0) -> SaliencyComparison:
     """Deletion curves of gradient saliency, ClaDec-minus-AE difference and a random map.
 
-    Returns ``{"fractions": (F,), "curves": {name: (F,)}, "area": {name: float}}`` with names
+    Returns a :class:`SaliencyComparison` (fractions, curves, area, maps) with names
     ``"gradient"``, ``"cladec_minus_ae"``, ``"random"``; a lower area = more class-relevant
     pixels highlighted.
     """
@@ -224,5 +259,5 @@ def saliency_comparison(classifier: nnx.Module, images, labels, cladec_images, a
             "random": np.asarray(jax.random.uniform(jax.random.key(seed), images.shape[:3]))}
     curves = {k: deletion_curve(classifier, images, labels, m, fractions, baseline=baseline)
               for k, m in maps.items()}
-    return {"fractions": np.asarray(fractions, np.float32), "curves": curves,
-            "area": {k: float(np.mean(v)) for k, v in curves.items()}, "maps": maps}
+    return SaliencyComparison(np.asarray(fractions, np.float32), curves,
+                              {k: float(np.mean(v)) for k, v in curves.items()}, maps)

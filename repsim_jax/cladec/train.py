@@ -38,6 +38,7 @@ latest checkpoint and ends with the same parameters as an uninterrupted run.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -51,6 +52,7 @@ from flax import nnx
 from repsim_jax import _progress
 
 from repsim_jax._checks import InputError, as_float_array, check_same_length, unknown_name
+from repsim_jax._results import result
 from repsim_jax.cladec.decoder import Decoder, reinitialize
 
 __all__ = ["CladecFit", "AutoencoderFit", "DecoderGroup", "fit_cladec", "fit_reference_ae",
@@ -129,9 +131,10 @@ def frozen(model: nnx.Module):
 
 def _taps(graphdef, params, rest, x, layers):
     # fresh Variable objects at the current trace level, so that BN may update its statistics
+    from repsim_jax.models.capture import record_layers
     m = nnx.merge(graphdef, params, jax.tree.map(lambda a: a, rest))
-    taps: dict = {}
-    logits = m(x, taps=taps)
+    # any nnx model (submodule paths + taps), its own normalisation, modes as _with_mode set
+    logits, taps = record_layers(m, x, eval_mode=False)
     taps.setdefault("logits", logits)
     _, _, new_rest = nnx.split(m, nnx.Param, ...)
     return [taps[k] for k in layers], logits, new_rest
@@ -144,7 +147,8 @@ def _constant(tree):
 
 
 def _logits(graphdef, params, rest, x):
-    return nnx.merge(graphdef, params, rest)(x)
+    from repsim_jax.models.capture import model_output
+    return model_output(nnx.merge(graphdef, params, rest), x)
 
 
 MEMBER_MAPS = ("auto", "vmap", "unroll")
@@ -347,7 +351,14 @@ def train_members(loss_all: Callable, params, aux, consts, data: dict, *, steps:
 
 # ----------------------------------------------------------------------------- results
 
-@dataclasses.dataclass
+def _flat_arrays(tree) -> dict:
+    """``{key path: numpy array}`` of the array leaves of a pytree (for ``to_dict``/``save``)."""
+    leaves = jax.tree_util.tree_leaves_with_path(tree)
+    return {jax.tree_util.keystr(p): np.asarray(v) for p, v in leaves
+            if hasattr(v, "shape") and hasattr(v, "dtype")}
+
+
+@result(meta=("layers", "alphas", "code_shape", "decoder_graphdef"), eq=False)
 class DecoderGroup:
     """Members sharing one code shape, stacked on axis 0: member ``i`` decodes ``layers[i]``
     (trained with ``alphas[i]``; ``nan`` for an auto-encoder). ``encoder`` (auto-encoders
@@ -360,6 +371,13 @@ class DecoderGroup:
     history: np.ndarray
     encoder: Any = None
 
+    def to_dict(self) -> dict:
+        return {"layers": list(self.layers), "alphas": list(self.alphas),
+                "code_shape": list(self.code_shape), "history": np.asarray(self.history),
+                "decoder_params": _flat_arrays(self.decoder_params),
+                "encoder_params": None if self.encoder is None else
+                _flat_arrays(self.encoder[1])}
+
     def index(self, layer: str, alpha: float | None = None) -> int | None:
         for i, (l, a) in enumerate(zip(self.layers, self.alphas)):
             if l == layer and (alpha is None or np.isclose(a, alpha)):
@@ -367,12 +385,20 @@ class DecoderGroup:
         return None
 
 
-@dataclasses.dataclass
+@result(meta=("image_shape",), eq=False)
 class CladecFit:
-    """ClaDec decoders for every ``(layer, alpha)``; frozen classifier kept for decoding."""
+    """ClaDec decoders for every ``(layer, alpha)``; frozen classifier kept for decoding.
+
+    A pytree with ``to_dict()`` / ``save(dir)`` (decoder weights and training histories by
+    member; the classifier's weights are not saved: they are the caller's model)."""
     groups: list[DecoderGroup]
     classifier: Any              # (graphdef, (params, rest)) in eval mode
     image_shape: tuple[int, int, int]
+
+    def to_dict(self) -> dict:
+        return {"members": [[l, a] for l, a in self.members],
+                "image_shape": list(self.image_shape),
+                "groups": [g.to_dict() for g in self.groups]}
 
     @property
     def members(self) -> list[tuple[str, float]]:
@@ -387,11 +413,17 @@ class CladecFit:
                            [f"{l}, {a}" for l, a in self.members])
 
 
-@dataclasses.dataclass
+@result(meta=("image_shape",), eq=False)
 class AutoencoderFit:
-    """Reference auto-encoders (fresh encoder up to ``layer`` + decoder), one per layer."""
+    """Reference auto-encoders (fresh encoder up to ``layer`` + decoder), one per layer.
+
+    A pytree with ``to_dict()`` / ``save(dir)`` (encoder and decoder weights, histories)."""
     groups: list[DecoderGroup]
     image_shape: tuple[int, int, int]
+
+    def to_dict(self) -> dict:
+        return {"layers": self.layers, "image_shape": list(self.image_shape),
+                "groups": [g.to_dict() for g in self.groups]}
 
     @property
     def layers(self) -> list[str]:
@@ -588,6 +620,14 @@ def fit_reference_ae(model: nnx.Module, images, layers: str | Sequence[str], *,
 
 # ----------------------------------------------------------------------------- decoding
 
+@functools.partial(jax.jit, static_argnames=("graphdef", "dec_graphdef", "layer"))
+def _encode_decode(params, rest, dec_params, x, *, graphdef, dec_graphdef, layer):
+    """Decoder(layer code of x): one module-level jit (graph definitions are static), so
+    repeated reconstructions of equal shapes compile once."""
+    codes, _, _ = _taps(graphdef, params, rest, x, (layer,))
+    return _decode(dec_graphdef, dec_params, codes[0])
+
+
 def _batched(fn, images, batch_size):
     n = images.shape[0]
     if batch_size is None or batch_size >= n:
@@ -603,13 +643,10 @@ def reconstruct(fit: CladecFit, images, layer: str, alpha: float | None = None, 
     group, i = fit.find(layer, alpha)
     cla_graphdef, cla_state = fit.classifier
     params = jax.tree.map(lambda a: a[i], group.decoder_params)
-
-    @jax.jit
-    def run(x):
-        codes, _, _ = _taps(cla_graphdef, *cla_state, x, (layer,))
-        return _decode(group.decoder_graphdef, params, codes[0])
-
-    return _batched(run, images, batch_size)
+    return _batched(lambda x: _encode_decode(cla_state[0], cla_state[1], params, x,
+                                             graphdef=cla_graphdef,
+                                             dec_graphdef=group.decoder_graphdef,
+                                             layer=layer), images, batch_size)
 
 
 def reconstruct_ae(fit: AutoencoderFit, images, layer: str, *,
@@ -620,10 +657,6 @@ def reconstruct_ae(fit: AutoencoderFit, images, layer: str, *,
     enc_graphdef, (enc_params, enc_rest) = group.encoder
     take = lambda t: jax.tree.map(lambda a: a[i], t)  # noqa: E731
     p, r, d = take(enc_params), take(enc_rest), take(group.decoder_params)
-
-    @jax.jit
-    def run(x):
-        codes, _, _ = _taps(enc_graphdef, p, r, x, (layer,))
-        return _decode(group.decoder_graphdef, d, codes[0])
-
-    return _batched(run, images, batch_size)
+    return _batched(lambda x: _encode_decode(p, r, d, x, graphdef=enc_graphdef,
+                                             dec_graphdef=group.decoder_graphdef,
+                                             layer=layer), images, batch_size)

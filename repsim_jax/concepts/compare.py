@@ -44,7 +44,8 @@ from typing import Mapping, Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from repsim_jax._checks import InputError
+from repsim_jax._checks import InputError, unknown_name
+from repsim_jax._results import result
 from repsim_jax.concepts.net2vec import Net2VecResult, concept_probability_maps
 from repsim_jax.concepts.nmf import ICEConcepts, ice_fit
 from repsim_jax.concepts.similarity import (best_layer_matches, layer_scores,
@@ -55,9 +56,10 @@ from repsim_jax.concepts.similarity import (best_layer_matches, layer_scores,
 __all__ = ["LayerComparison", "net2vec_layer_similarity", "ice_layer_similarity"]
 
 
-@dataclasses.dataclass(frozen=True)
+@result(meta=("layers_a", "layers_b", "metric", "how", "concept_names"))
 class LayerComparison:
-    """A layer x layer concept-similarity matrix and what it came from.
+    """A layer x layer concept-similarity matrix and what it came from: the one result type
+    of :func:`net2vec_layer_similarity` and :func:`ice_layer_similarity`.
 
     Attributes:
       matrix: (La, Lb) layer scores.
@@ -66,14 +68,30 @@ class LayerComparison:
         (La, Lb, k1, k2) concept x concept (unsupervised).
       metric: the concept similarity metric; how: the layer aggregation.
       concept_names: shared concept names (supervised) or None.
+      concepts_a, concepts_b: ``{layer: ICEConcepts}`` fitted (unsupervised) or None.
+
+    Unpacking ``comp, concepts_a, concepts_b = ice_layer_similarity(...)`` (the 3-tuple
+    this function returned before) still works through ``__iter__``; deprecated.
     """
     matrix: np.ndarray
-    layers_a: list
-    layers_b: list
+    layers_a: tuple
+    layers_b: tuple
     concept_similarity: np.ndarray
     metric: str
     how: str
-    concept_names: list | None = None
+    concept_names: tuple | None = None
+    concepts_a: dict | None = None
+    concepts_b: dict | None = None
+
+    def __iter__(self):
+        return iter((self, self.concepts_a, self.concepts_b))
+
+    def score(self, layer_a: str, layer_b: str) -> float:
+        """The layer score of one named pair."""
+        for name, names in ((layer_a, self.layers_a), (layer_b, self.layers_b)):
+            if name not in names:
+                raise unknown_name("layer", name, list(names))
+        return float(self.matrix[self.layers_a.index(layer_a), self.layers_b.index(layer_b)])
 
     def best_matches(self):
         """``(index (La,), relative_depth_b (La,), spearman)`` of the most similar B layer
@@ -113,8 +131,9 @@ def net2vec_layer_similarity(result_a: Net2VecResult, acts_a: Mapping, result_b:
                                                     result_b.concept_names, metric, threshold,
                                                     **kwargs)
     per_concept = np.asarray(per_concept)
-    return LayerComparison(per_concept.mean(-1), list(result_a.layers), list(result_b.layers),
-                           per_concept, metric, "shared_concepts", shared)
+    return LayerComparison(per_concept.mean(-1), tuple(result_a.layers),
+                           tuple(result_b.layers), per_concept, metric, "shared_concepts",
+                           tuple(shared))
 
 
 def _ice_maps(acts: Mapping, k, size, concepts, nmf_kwargs):
@@ -131,14 +150,16 @@ def ice_layer_similarity(acts_a: Mapping, acts_b: Mapping | None = None, k: int 
                          size: Sequence[int] | None = None, quantile: float = 0.9,
                          concepts_a: Mapping[str, ICEConcepts] | None = None,
                          concepts_b: Mapping[str, ICEConcepts] | None = None,
-                         **kwargs) -> tuple:
+                         **kwargs) -> LayerComparison:
     """Unsupervised layer x layer similarity: ICE (NMF) concepts of every layer, concept maps
     stacked at one resolution, compared pairwise, reduced per layer pair by ``how``
     (``"best_match"`` or ``"hungarian"``). ``acts_b=None`` compares A with itself. For
     ``"set_iou"`` each concept map is binarised at its own ``quantile`` (NMF codes have no
     common scale); for ``"soft_iou"`` each map is divided by its maximum.
 
-    Returns ``(LayerComparison, concepts_a, concepts_b)`` (the fitted ICE concepts by layer).
+    Returns a :class:`LayerComparison` with the fitted ICE concepts by layer in
+    ``concepts_a`` / ``concepts_b`` (it unpacks like the former 3-tuple
+    ``(comparison, concepts_a, concepts_b)``).
     Extra keyword arguments go to :func:`~repsim_jax.concepts.pairwise_similarity`.
     """
     nmf_kwargs = {key: kwargs.pop(key) for key in ("max_iter", "tol", "init", "solver")
@@ -162,5 +183,5 @@ def ice_layer_similarity(acts_a: Mapping, acts_b: Mapping | None = None, k: int 
             return m / jnp.where(mx > 0, mx, 1.0)
         maps_a, maps_b = scaled(maps_a), scaled(maps_b)
     S = np.asarray(pairwise_similarity(maps_a, maps_b, metric, threshold, **kwargs))
-    comp = LayerComparison(layer_scores(S, how), list(acts_a), list(acts_b), S, metric, how)
-    return comp, concepts_a, concepts_b
+    return LayerComparison(np.asarray(layer_scores(S, how)), tuple(acts_a), tuple(acts_b), S,
+                           metric, how, None, dict(concepts_a), dict(concepts_b))

@@ -37,6 +37,8 @@ Evaluation is the set IoU over the whole test set at threshold :math:`\tau = 0.5
 from __future__ import annotations
 
 import dataclasses
+
+from repsim_jax._results import result
 import functools
 from typing import Mapping, Sequence
 
@@ -81,7 +83,7 @@ class Net2VecConfig:
     progress: bool = True
 
 
-@dataclasses.dataclass(frozen=True)
+@result(meta=("layers", "concept_names"))
 class Net2VecResult:
     """Trained concept filters.
 

@@ -46,6 +46,8 @@ by fidelity: how much of the network's output survives when the layer is replace
 from __future__ import annotations
 
 import dataclasses
+
+from repsim_jax._results import result
 import functools
 from typing import Callable
 
@@ -264,7 +266,7 @@ def reconstruction_error(X, W, H, *, relative: bool = False) -> float:
 
 
 # ----------------------------------------------------------------------------- ICE
-@dataclasses.dataclass(frozen=True)
+@result(meta=("n_iter", "layer"))
 class ICEConcepts:
     """Unsupervised concept vectors of one layer.
 
@@ -323,6 +325,13 @@ def ice_reconstruct(ice: ICEConcepts, maps):
     return jnp.einsum("nhwk,kc->nhwc", jnp.asarray(maps, jnp.float32), ice.components)
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _apply_head(head, x):
+    """``head(x)`` under one module-level jit keyed on the head (not a fresh jax.jit per
+    call): the same head with equal shapes compiles once."""
+    return head(x)
+
+
 def fidelity(head, acts, reconstructed, labels=None, *, layer: str | None = None,
              images=None, batch_size: int = 256):
     """Fidelity of a layer's reconstruction.
@@ -356,7 +365,11 @@ def fidelity(head, acts, reconstructed, labels=None, *, layer: str | None = None
     else:
         if not callable(head):
             raise InputError("fidelity: head must be callable (or pass layer= and images=)")
-        f = jax.jit(head)
+        try:
+            hash(head)
+            f = functools.partial(_apply_head, head)
+        except TypeError:           # an unhashable callable: jit it for this call
+            f = jax.jit(head)
         fa = jnp.concatenate([f(acts[i:i + batch_size])
                               for i in range(0, len(acts), batch_size)])
         fr = jnp.concatenate([f(reconstructed[i:i + batch_size])

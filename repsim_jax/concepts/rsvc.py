@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from repsim_jax._results import result
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -33,7 +35,7 @@ from repsim_jax.concepts.similarity import resize_maps
 __all__ = ["RSVCResult", "ridge_concept_prediction", "rsvc_similarity", "rsvc_compare"]
 
 
-@dataclasses.dataclass(frozen=True)
+@result
 class RSVCResult:
     """Per-concept similarity of model A's concepts in model B.
 

@@ -285,7 +285,7 @@ def resolve_precision(precision: str = "auto", mesh=None) -> str:
     if precision != "auto":
         return precision
     m = as_mesh(mesh)
-    dev = jax.devices()[0] if m is None else m.devices.flat[0]
+    dev = jax.local_devices()[0] if m is None else m.devices.flat[0]
     if dev.platform not in _F64_PLATFORMS:
         return "float32"
     if os.environ.get("JAX_ENABLE_X64", "").strip().lower() in ("0", "false", "no", "off"):
@@ -308,7 +308,7 @@ def _run(acts2d, table, cfg, mesh, alternative, compat, rank_on):
             out[k][redo] = v
     n_total = acts2d.shape[0]
     # p-values from the exact integer statistics in float64 on the host CPU (any backend)
-    with jax.default_device(jax.devices("cpu")[0]), jax.enable_x64(True):
+    with jax.default_device(jax.local_devices(backend="cpu")[0]), jax.enable_x64(True):
         _, p, log_p = mann_whitney_from_rank_sums(
             jnp.asarray(out["rank_sum2"]), jnp.asarray(out["count"]), n_total,
             jnp.asarray(out["tie_term"])[:, None, None], alternative)

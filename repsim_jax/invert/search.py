@@ -602,7 +602,7 @@ def _mesh_layout(mesh, n_units: int, block: int):
 
 
 def _first_device(mesh):
-    return jax.devices()[0] if mesh is None else mesh.devices.flat[0]
+    return jax.local_devices()[0] if mesh is None else mesh.devices.flat[0]
 
 
 def _check_precision(cfg: SearchConfig, n_total: int):

@@ -2,9 +2,12 @@
 
 ``build(name)`` constructs any registered architecture (torchvision layouts: ResNet-18/34/50,
 VGG-11/16 with and without BN, AlexNet; the small CNNs for the built-in data), in
-inference mode, NHWC. ``activations(model, images, layers)`` returns named layers
-(torchvision module paths) from one jit-compiled pass; ``load_state_dict`` /
-``port_torchvision`` bring in PyTorch weights without executing pickled code.
+inference mode, NHWC, carrying its preprocessing (``model.preprocess``; ImageNet mean/std
+for the torchvision layouts). ``activations(model, images, layers)`` returns named layers
+(submodule paths; torchvision module paths for the built-ins) of *any* nnx model from one
+jit-compiled pass; ``from_linen`` / ``from_function`` wrap linen modules and plain
+functions; ``load_state_dict`` / ``port_torchvision`` bring in PyTorch weights without
+executing pickled code.
 """
 from __future__ import annotations
 
@@ -14,10 +17,14 @@ from flax import nnx
 
 from repsim_jax._checks import InputError, unknown_name
 from repsim_jax.models.alexnet import alexnet
+from repsim_jax.models.capture import (FunctionModel, LinenModel, Taps, activations, forward,
+                                      from_function, from_linen, layer_shapes, list_layers,
+                                      record_layers, tap)
 from repsim_jax.models.googlenet import googlenet
-from repsim_jax.models.capture import Taps, activations, forward, layer_shapes, list_layers, tap
 from repsim_jax.models.mtcnn import (ONet, PNet, RNet, fetch_mtcnn_weights, load_mtcnn,
-                                     mtcnn_normalize)
+                                     mtcnn_normalize, mtcnn_preprocess)
+from repsim_jax.models.preprocess import (IDENTITY, IMAGENET, Preprocess, preprocess_of,
+                                          resize_array)
 from repsim_jax.models.port import (PortError, UnsafeWeightsError, WeightsFileError,
                                     export_state_dict, load_ported, load_state_dict,
                                     port_torchvision, save_npz, save_safetensors)
@@ -29,7 +36,9 @@ __all__ = ["activations", "forward", "layer_shapes", "list_layers", "tap", "Taps
            "model_names", "load_state_dict", "port_torchvision", "export_state_dict",
            "save_npz", "save_safetensors", "load_ported", "PortError", "WeightsFileError",
            "UnsafeWeightsError", "load_mtcnn", "fetch_mtcnn_weights", "mtcnn_normalize",
-           "PNet", "RNet", "ONet", "load_hf", "build_hf", "save_hf"]
+           "mtcnn_preprocess", "PNet", "RNet", "ONet", "from_linen", "from_function",
+           "LinenModel", "FunctionModel", "record_layers", "Preprocess", "IMAGENET",
+           "IDENTITY", "preprocess_of", "resize_array", "load_hf", "build_hf", "save_hf"]
 
 TORCHVISION_MODELS: dict[str, Callable] = {
     "resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50,

@@ -36,7 +36,7 @@ from repsim_jax.models.layers import (BatchNorm2d, Conv2d, Dropout, Linear, MaxP
                                       adaptive_avg_pool2d, flatten_nchw)
 from repsim_jax.models.preprocess import IMAGENET
 
-__all__ = ["GoogLeNet", "BasicConv2d", "Inception", "InceptionAux", "googlenet",
+__all__ = ["GoogLeNet", "Sequential", "BasicConv2d", "Inception", "InceptionAux", "googlenet",
            "transform_input"]
 
 _MEAN = np.asarray(IMAGENET.mean, np.float32)
@@ -46,6 +46,16 @@ _STD = np.asarray(IMAGENET.std, np.float32)
 def transform_input(x):
     """torchvision's ``_transform_input`` on NHWC: ImageNet-normalised -> [-1, 1] scaling."""
     return x * (_STD / 0.5) + (_MEAN - 0.5) / 0.5
+
+
+class Sequential(nnx.List):
+    """``torch.nn.Sequential``: a list of modules (items keep their index in parameter
+    paths, ``branch2.1.conv.weight``) that is itself callable, so it is a layer too."""
+
+    def __call__(self, x):
+        for m in self:
+            x = m(x)
+        return x
 
 
 class BasicConv2d(nnx.Module):
@@ -65,21 +75,16 @@ class Inception(nnx.Module):
 
     def __init__(self, cin, ch1x1, ch3x3red, ch3x3, ch5x5red, ch5x5, pool_proj, *, rngs):
         self.branch1 = BasicConv2d(cin, ch1x1, 1, rngs=rngs)
-        self.branch2 = nnx.List([BasicConv2d(cin, ch3x3red, 1, rngs=rngs),
+        self.branch2 = Sequential([BasicConv2d(cin, ch3x3red, 1, rngs=rngs),
                                  BasicConv2d(ch3x3red, ch3x3, 3, padding=1, rngs=rngs)])
-        self.branch3 = nnx.List([BasicConv2d(cin, ch5x5red, 1, rngs=rngs),
+        self.branch3 = Sequential([BasicConv2d(cin, ch5x5red, 1, rngs=rngs),
                                  BasicConv2d(ch5x5red, ch5x5, 3, padding=1, rngs=rngs)])
-        self.branch4 = nnx.List([MaxPool2d(3, stride=1, padding=1, ceil_mode=True),
+        self.branch4 = Sequential([MaxPool2d(3, stride=1, padding=1, ceil_mode=True),
                                  BasicConv2d(cin, pool_proj, 1, rngs=rngs)])
 
     def __call__(self, x):
-        outs = [self.branch1(x)]
-        for branch in (self.branch2, self.branch3, self.branch4):
-            y = x
-            for m in branch:
-                y = m(y)
-            outs.append(y)
-        return jnp.concatenate(outs, axis=-1)
+        return jnp.concatenate([self.branch1(x), self.branch2(x), self.branch3(x),
+                                self.branch4(x)], axis=-1)
 
 
 class InceptionAux(nnx.Module):

@@ -11,7 +11,8 @@ state_dicts. :func:`fetch_mtcnn_weights` downloads that wheel with
 Layout facts (they matter - a wrong flatten order drops the lfw face AUC to ~0.93):
 
 * input: RGB, NHWC here, normalised as :math:`(255x - 127.5) / 128` for :math:`x\\in[0,1]`
-  (:func:`mtcnn_normalize`); RNet takes 24x24, ONet 48x48, PNet any size >= 12;
+  (each net's ``preprocess``, :func:`mtcnn_preprocess`, applied by ``activations``;
+  :func:`mtcnn_normalize` for direct calls); RNet takes 24x24, ONet 48x48, PNet any size >= 12;
 * max-pools use ``ceil_mode=True`` (torch's rule, see :func:`~repsim_jax.models.layers.max_pool2d`);
 * before the first dense layer facenet-pytorch does ``x.permute(0, 3, 2, 1)`` on NCHW,
   i.e. it flattens in (W, H, C) order (the Caffe/Matlab origin of the weights). In NHWC
@@ -38,15 +39,32 @@ from flax import nnx
 from repsim_jax._checks import unknown_name
 from repsim_jax.models.capture import tap
 from repsim_jax.models.layers import Conv2d, Linear, MaxPool2d, PReLU
+from repsim_jax.models.preprocess import Preprocess
 
-__all__ = ["PNet", "RNet", "ONet", "MTCNN_NETS", "mtcnn_normalize", "fetch_mtcnn_weights",
+__all__ = ["PNet", "RNet", "ONet", "MTCNN_NETS", "mtcnn_normalize", "mtcnn_preprocess",
+           "fetch_mtcnn_weights",
            "load_mtcnn", "FACENET_VERSION"]
 
 FACENET_VERSION = "2.6.0"
 
 
+# facenet-pytorch's (255 x - 127.5) / 128 for x in [0, 1], as mean/std normalisation
+MTCNN_MEAN, MTCNN_STD = (0.5, 0.5, 0.5), (128 / 255, 128 / 255, 128 / 255)
+
+
+def mtcnn_preprocess(size=None) -> Preprocess:
+    """MTCNN's preprocessing: :math:`(255x - 127.5) / 128` as ``(x - 0.5) / (128/255)``;
+    ``size`` (H, W) for RNet/ONet (resized to it), ``None`` for the fully convolutional PNet."""
+    return Preprocess(size=size, mean=MTCNN_MEAN, std=MTCNN_STD,
+                      resize="none" if size is None else "resize")
+
+
 def mtcnn_normalize(images):
-    """Maps images in [0, 1] to MTCNN's input range: :math:`(255x - 127.5) \\cdot 0.0078125`."""
+    """Maps images in [0, 1] to MTCNN's input range: :math:`(255x - 127.5) \\cdot 0.0078125`.
+
+    The nets carry this as their ``preprocess`` (:func:`mtcnn_preprocess`), which
+    :func:`repsim_jax.models.activations` applies itself: use this only when calling a net
+    directly."""
     return (jnp.asarray(images, jnp.float32) * 255.0 - 127.5) * 0.0078125
 
 
@@ -59,6 +77,7 @@ class PNet(nnx.Module):
 
     def __init__(self, *, rngs: nnx.Rngs, input_shape=(12, 12, 3)):
         self.input_shape = tuple(input_shape)
+        self.preprocess = mtcnn_preprocess()
         self.conv1 = Conv2d(3, 10, 3, rngs=rngs)
         self.prelu1 = PReLU(10)
         self.pool1 = MaxPool2d(2, 2, ceil_mode=True)
@@ -83,6 +102,7 @@ class RNet(nnx.Module):
 
     def __init__(self, *, rngs: nnx.Rngs, input_shape=(24, 24, 3)):
         self.input_shape = tuple(input_shape)
+        self.preprocess = mtcnn_preprocess(self.input_shape[:2])
         self.conv1 = Conv2d(3, 28, 3, rngs=rngs)
         self.prelu1 = PReLU(28)
         self.pool1 = MaxPool2d(3, 2, ceil_mode=True)
@@ -113,6 +133,7 @@ class ONet(nnx.Module):
 
     def __init__(self, *, rngs: nnx.Rngs, input_shape=(48, 48, 3)):
         self.input_shape = tuple(input_shape)
+        self.preprocess = mtcnn_preprocess(self.input_shape[:2])
         self.conv1 = Conv2d(3, 32, 3, rngs=rngs)
         self.prelu1 = PReLU(32)
         self.pool1 = MaxPool2d(3, 2, ceil_mode=True)

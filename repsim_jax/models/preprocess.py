@@ -24,8 +24,8 @@ import numpy as np
 
 from repsim_jax._checks import InputError
 
-__all__ = ["Preprocess", "IDENTITY", "IMAGENET", "preprocess_of", "to_unit_range",
-           "resize_array", "output_size"]
+__all__ = ["Preprocess", "IDENTITY", "IMAGENET", "imagenet_at", "preprocess_of",
+           "to_unit_range", "resize_array", "output_size"]
 
 RESIZE_RULES = ("none", "resize", "shorter_crop")
 
@@ -104,6 +104,14 @@ class Preprocess:
 IDENTITY = Preprocess()
 IMAGENET = Preprocess(size=(224, 224), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
                       resize="shorter_crop", crop_pct=0.875)
+
+
+def imagenet_at(size: Sequence[int] | None = None) -> Preprocess:
+    """:data:`IMAGENET` (torchvision's mean/std and 256 -> 224 crop rule) for a model set up
+    for another input ``size`` (H, W); the crop keeps ``crop_pct`` = 0.875."""
+    if size is None or tuple(int(s) for s in size) == IMAGENET.size:
+        return IMAGENET
+    return dataclasses.replace(IMAGENET, size=tuple(int(s) for s in size))
 
 
 def preprocess_of(model) -> Preprocess:

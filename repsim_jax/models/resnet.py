@@ -19,6 +19,7 @@ import jax
 from flax import nnx
 
 from repsim_jax.models.capture import tap
+from repsim_jax.models.preprocess import imagenet_at
 from repsim_jax.models.layers import (AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Linear,
                                       MaxPool2d, ReLU)
 
@@ -100,6 +101,7 @@ class ResNet(nnx.Module):
                  rngs: nnx.Rngs, input_shape: Sequence[int] = (224, 224, 3)):
         self.input_shape = tuple(int(s) for s in input_shape)
         self.num_classes = int(num_classes)
+        self.preprocess = imagenet_at(self.input_shape[:2])   # torchvision's normalisation
         in_ch = self.input_shape[-1]
         self.conv1 = Conv2d(in_ch, 64, 7, stride=2, padding=3, bias=False, rngs=rngs)
         self.bn1 = BatchNorm2d(64)

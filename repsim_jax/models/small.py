@@ -28,6 +28,7 @@ from flax import nnx
 
 from repsim_jax.models.capture import tap
 from repsim_jax.models.layers import Conv2d, Linear, MaxPool2d, ReLU
+from repsim_jax.models.preprocess import Preprocess
 
 __all__ = ["BatchNorm2d", "SmallVGG", "SmallResNet", "SMALL_MODELS"]
 
@@ -93,6 +94,8 @@ class SmallVGG(nnx.Module):
                  input_shape: Sequence[int] = (64, 64, 3)):
         self.input_shape = tuple(int(s) for s in input_shape)
         self.num_classes = int(num_classes)
+        # trained on images in [0, 1] without normalisation (models/train.py, zoo.py)
+        self.preprocess = Preprocess(size=self.input_shape[:2], resize="resize")
         layers, c_in = [], self.input_shape[-1]
         for width in self.widths:
             layers += [Conv2d(c_in, width, 3, padding=1, bias=False, rngs=rngs),
@@ -156,6 +159,8 @@ class SmallResNet(nnx.Module):
                  input_shape: Sequence[int] = (64, 64, 3)):
         self.input_shape = tuple(int(s) for s in input_shape)
         self.num_classes = int(num_classes)
+        # trained on images in [0, 1] without normalisation (models/train.py, zoo.py)
+        self.preprocess = Preprocess(size=self.input_shape[:2], resize="resize")
         self.conv1 = Conv2d(self.input_shape[-1], 16, 3, padding=1, bias=False, rngs=rngs)
         self.bn1 = BatchNorm2d(16)
         self.relu = ReLU()

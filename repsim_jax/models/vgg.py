@@ -20,6 +20,7 @@ from typing import Sequence
 from flax import nnx
 
 from repsim_jax.models.capture import tap
+from repsim_jax.models.preprocess import imagenet_at
 from repsim_jax.models.layers import (AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Dropout, Linear,
                                       MaxPool2d, ReLU, flatten_nchw)
 
@@ -38,6 +39,7 @@ class SequentialClassifierNet(nnx.Module):
     def __init__(self, features: list, pool_size: int, classifier: list,
                  input_shape: Sequence[int]):
         self.input_shape = tuple(int(s) for s in input_shape)
+        self.preprocess = imagenet_at(self.input_shape[:2])   # torchvision's normalisation
         self.features = nnx.List(features)
         self.avgpool = AdaptiveAvgPool2d(pool_size)
         self.classifier = nnx.List(classifier)

@@ -2,19 +2,29 @@
 
 ``load_trained(name)`` returns ``(model, info)``. On first use it trains the model on the
 default ``train`` split (a few minutes on 2 CPU cores), measures test accuracy on the
-``test`` split, and saves the weights with orbax under the cache directory
-``$REPSIM_CACHE`` (default ``~/.cache/repsim_jax``)::
+``test`` split, and saves the weights under the cache directory ``$REPSIM_CACHE`` (default
+``~/.cache/repsim_jax``)::
 
-    <cache>/models/<name>-<key>/checkpoint/   orbax StandardCheckpointer (all nnx state)
+    <cache>/models/<name>-<key>/state.npz     every array of the nnx state, by path
     <cache>/models/<name>-<key>/info.json     written last: marks the entry complete
 
 ``<key>`` hashes everything the weights depend on (architecture name, training config,
 data set version, split sizes/seeds, class rules), so a change retrains instead of serving
-stale weights. A ``fcntl`` lock file per entry serialises trainers across processes (e.g.
-pytest-xdist workers): the second process waits and then loads what the first saved.
-Entries are written to a temporary directory and renamed into place; an entry whose
-checkpoint fails to restore or whose parameter checksum disagrees with ``info.json``
+stale weights. Entries are written to a temporary directory and renamed into place; an
+entry whose weights fail to load or whose parameter checksum disagrees with ``info.json``
 (truncated / corrupt files) is discarded and retrained, with a warning.
+
+Several processes (pytest-xdist workers, the processes of a multi-host sweep): the cache
+is read by every process on its own - ``np.load(allow_pickle=False)``, no collective, no
+barrier, no topology - so the processes of a ``jax.distributed`` run read it as a single
+process would. A missing or unreadable entry is trained by ONE process: a ``fcntl`` lock
+file per entry (``<entry>.lock``) is held while checking, training and saving; the others
+print that they wait, block on the lock, and then read what the first saved. (Processes on
+several hosts share the entry only when ``$REPSIM_CACHE`` is on a file system they share;
+otherwise each host trains its own copy, and the sweep refuses to go on if the copies
+differ.) The weights are not saved with orbax because its checkpointers synchronise all
+processes of a ``jax.distributed`` run in every save and restore; entries of earlier
+versions (an orbax ``checkpoint/`` directory) are still read, by this process alone.
 """
 from __future__ import annotations
 
@@ -25,6 +35,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import warnings
 from pathlib import Path
 
@@ -82,7 +93,12 @@ def entry_dir(name: str, config: TrainConfig | None = None, *, root: Path | None
 def _locked(path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:     # another process trains (or reads) this entry: wait
+            print(f"repsim: waiting for another process to finish {path.stem} "
+                  f"(lock {path})", file=sys.stderr, flush=True)
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
         try:
             yield
         finally:
@@ -100,15 +116,58 @@ def _build(name: str, num_classes: int):
     return model
 
 
-def _restore(entry: Path, name: str):
+def _path_key(path) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def _flat_state(model) -> dict[str, np.ndarray]:
+    """Every array of ``model``'s nnx state by its path ("features/0/weight")."""
+    flat = jax.tree_util.tree_flatten_with_path(nnx.state(model).to_pure_dict())[0]
+    return {_path_key(p): np.asarray(x) for p, x in flat}
+
+
+def _read_state(entry: Path, model) -> dict:
+    """The stored state as a pure dict shaped like ``model``'s (names, shapes checked)."""
+    target = nnx.state(model).to_pure_dict()
+    if (entry / "state.npz").is_file():
+        with np.load(entry / "state.npz", allow_pickle=False) as z:
+            stored = {k: z[k] for k in z.files}
+    else:
+        stored = _read_legacy_orbax(entry / "checkpoint", target)
+    want = {_path_key(p): x for p, x in jax.tree_util.tree_flatten_with_path(target)[0]}
+    if set(stored) != set(want):
+        raise ValueError(f"stored arrays {sorted(set(stored) ^ set(want))[:4]} do not match "
+                         f"the model's state")
+    for k, x in want.items():
+        if stored[k].shape != tuple(x.shape) or stored[k].dtype != x.dtype:
+            raise ValueError(f"{k}: stored {stored[k].dtype}{stored[k].shape}, model "
+                             f"{x.dtype}{tuple(x.shape)}")
+    return jax.tree_util.tree_map_with_path(lambda p, _: stored[_path_key(p)], target)
+
+
+def _read_legacy_orbax(path: Path, target) -> dict[str, np.ndarray]:
+    """An orbax StandardCheckpointer entry of an earlier version, read by this process
+    alone (process-local options, single-device targets: no multi-host barrier)."""
     import orbax.checkpoint as ocp
+    dev = jax.local_devices()[0]
+    sds = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+        x.shape, x.dtype, sharding=jax.sharding.SingleDeviceSharding(dev)), target)
+    kwargs = {}
+    if jax.process_count() > 1:
+        me = jax.process_index()
+        kwargs["multiprocessing_options"] = ocp.options.MultiprocessingOptions(
+            primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"repsim-p{me}")
+    with ocp.StandardCheckpointer(**kwargs) as ckpt:
+        restored = ckpt.restore(path, sds)
+    return {_path_key(p): np.asarray(x)
+            for p, x in jax.tree_util.tree_flatten_with_path(restored)[0]}
+
+
+def _restore(entry: Path, name: str):
     info = json.loads((entry / "info.json").read_text())
     model = _build(name, len(info["data"]["class_names"]))
     state = nnx.state(model)
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state.to_pure_dict())
-    with ocp.StandardCheckpointer() as ckpt:
-        restored = ckpt.restore(entry / "checkpoint", target)
-    nnx.replace_by_pure_dict(state, restored)
+    nnx.replace_by_pure_dict(state, _read_state(entry, model))
     nnx.update(model, state)
     got = _checksum(model)
     if not np.isclose(got, info["checksum"], rtol=1e-9, atol=1e-6):
@@ -118,7 +177,6 @@ def _restore(entry: Path, name: str):
 
 def _train_and_save(entry: Path, name: str, config: TrainConfig, train_size: int | None,
                     progress) -> tuple:
-    import orbax.checkpoint as ocp
     from repsim_jax.data import shapes
     tr, te = shapes.load("train"), shapes.load("test")
     if train_size is not None:
@@ -136,9 +194,10 @@ def _train_and_save(entry: Path, name: str, config: TrainConfig, train_size: int
         shutil.rmtree(stale, ignore_errors=True)
     tmp = entry.with_name(f"{entry.name}.tmp-{os.getpid()}")
     tmp.mkdir(parents=True)
-    with ocp.StandardCheckpointer() as ckpt:
-        ckpt.save(tmp / "checkpoint", nnx.state(model).to_pure_dict())
-        ckpt.wait_until_finished()
+    with open(tmp / "state.npz", "wb") as f:      # plain arrays: no collective, no pickle
+        np.savez(f, **_flat_state(model))
+        f.flush()
+        os.fsync(f.fileno())
     (tmp / "info.json").write_text(json.dumps(info, indent=1))
     shutil.rmtree(entry, ignore_errors=True)
     os.replace(tmp, entry)

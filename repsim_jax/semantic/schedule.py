@@ -468,7 +468,7 @@ def pair_statistics(x, *, matcher: str = "exact", solver: str = "auto",
     without a certificate (else None), and for certified matchers the bound ``gap``.
     ``mesh``: a :class:`jax.sharding.Mesh` or None (see :func:`repsim_jax._devices.as_mesh`).
     """
-    from tqdm.auto import tqdm
+    from repsim_jax import _progress
     x = jnp.asarray(x, jnp.float32)
     L, n, s, c = x.shape
     slv = get_solver(matcher)
@@ -484,8 +484,8 @@ def pair_statistics(x, *, matcher: str = "exact", solver: str = "auto",
     if max_block_bytes is None:
         max_block_bytes = default_block_bytes(matcher)
     ii, jj = np.tril_indices(n, -1)
-    bar = tqdm(total=1, desc=f"semantic rsm ({matcher})", leave=False,
-               disable={True: False, False: True, None: None}[progress])
+    # RSM tiles under the library's progress= convention (repsim_jax._progress)
+    bar = _progress.bar(1, desc=f"semantic rsm ({matcher})", unit="tile", progress=progress)
     try:
         if matcher == "auction":
             if checked.get("tol") is not None and checked["cost_dtype"] != "float32":

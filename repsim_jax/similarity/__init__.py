@@ -27,7 +27,8 @@ from repsim_jax.similarity.knn import cknna, mutual_knn
 from repsim_jax.similarity.stats import (BootstrapResult, PermutationResult, bootstrap,
                                          permutation_test)
 from repsim_jax.similarity.compare import (SPATIAL, LayerMatrix, SimilarityTable,
-                                           compare_layers, flatten_layer)
+                                           compare_layers, flatten_layer,
+                                           similarity_measures)
 
 MEASURE_NAMES = tuple(sorted({*MEASURES, *ALIASES}))
 
@@ -36,5 +37,5 @@ __all__ = [
     "RDMS", "RSA_COMPARES", "procrustes", "cca", "svcca", "pwcca", "canonical_correlations",
     "mutual_knn", "cknna", "permutation_test", "bootstrap", "PermutationResult",
     "BootstrapResult", "compare_layers", "SimilarityTable", "LayerMatrix", "flatten_layer",
-    "SPATIAL", "MEASURE_NAMES", "MEASURES",
+    "SPATIAL", "MEASURE_NAMES", "MEASURES", "similarity_measures",
 ]

@@ -32,7 +32,7 @@ from repsim_jax.similarity import _measure as M
 from repsim_jax.similarity.stats import as_key, chunk_size, parts, percentile_interval
 
 __all__ = ["compare_layers", "SimilarityTable", "LayerMatrix", "flatten_layer",
-           "SPATIAL", "measure_label"]
+           "SPATIAL", "measure_label", "similarity_measures"]
 
 SPATIAL = ("flatten", "mean", "max")
 
@@ -129,6 +129,26 @@ def measure_label(measure) -> str:
     name, opts = measure
     inner = ",".join(f"{k}={v}" for k, v in sorted(dict(opts).items()))
     return f"{name}({inner})" if inner else name
+
+
+def similarity_measures(measures) -> list:
+    """A configuration's measure list -> :func:`compare_layers`' ``measures``: names,
+    ``(name, {options})`` pairs, or one-key tables ``{name: {options}}`` (TOML); checked."""
+    if isinstance(measures, (str, Mapping)):
+        measures = [measures]
+    if not isinstance(measures, (list, tuple)):
+        raise InputError(f"measures: expected a list of names, got {measures!r}")
+    out = []
+    for m in measures:
+        if isinstance(m, Mapping):
+            if len(m) != 1 or not isinstance(next(iter(m.values())), Mapping):
+                raise InputError(f"measures: a table entry must be {{name = {{options}}}}, "
+                                 f"got {dict(m)!r}")
+            (name, opts), = m.items()
+            m = (str(name), dict(opts))
+        out.append(m)
+    _as_measures(out)
+    return out
 
 
 def _as_measures(measures) -> list[tuple[str, tuple, str]]:

@@ -41,6 +41,8 @@ a cluster survives when its median is >= 0.9 x the median over clusters of these
 from __future__ import annotations
 
 import dataclasses
+
+from repsim_jax._results import result
 import functools
 import warnings
 
@@ -54,7 +56,7 @@ __all__ = ["APResult", "affinity_propagation", "ssim", "pairwise_ssim", "cluster
            "coherent_clusters", "shifted_similarity"]
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@result(meta=("n_iter", "converged"), eq=False)
 class APResult:
     """Affinity-propagation clustering: ``labels`` (n,) in ``[0, K)``, ``exemplars`` (K,)
     sample indices (``labels[exemplars[k]] == k``), ``n_iter``, ``converged``."""

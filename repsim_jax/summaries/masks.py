@@ -45,7 +45,7 @@ all evidence (:math:`p_c \approx 0.03`) and the deleted pixels then lie on the o
 The default ``"blur"`` is the paper's.
 
 Every image is optimised independently, so one jit-compiled :func:`jax.vmap` runs the two
-passes for a whole batch of images (``batch_size`` chunks bound memory; ``sharding``
+passes for a whole batch of images (``batch_size`` chunks bound memory; ``mesh``
 spreads a chunk over devices). Images whose top-1 prediction is not the target class are
 skipped (reported in :attr:`MaskResult.kept` / ``skipped``), as in the paper.
 
@@ -56,6 +56,9 @@ function ``logits_fn(images (B, H, W, C)) -> logits (B, K)`` written with ``jax.
 from __future__ import annotations
 
 import dataclasses
+
+from repsim_jax._devices import as_mesh, batch_sharding, resolve_mesh_alias
+from repsim_jax._results import result
 import functools
 import warnings
 from typing import Callable
@@ -93,7 +96,7 @@ SMOOTH_PASS = MaskPass(steps=300, l1=0.5, l2=1e-2, l3=0.0, downsample=8, blur_ma
 SHARP_PASS = MaskPass(steps=150, l1=0.01, l2=1.0, l3=2.0, downsample=1, blur_mask=False)
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@result(meta=(), eq=False)
 class MaskResult:
     """Masks for N images (1 = pixel kept, 0 = pixel replaced by its blur).
 
@@ -298,7 +301,9 @@ class _NnxApply:
 
     def __call__(self, state, x):
         from flax import nnx
-        return nnx.merge(self.graphdef, state)(x)
+
+        from repsim_jax.models.capture import model_output   # its normalisation applied
+        return model_output(nnx.merge(self.graphdef, state), x)
 
     def __hash__(self):
         return hash(self.graphdef)
@@ -358,8 +363,8 @@ def _chunks(n: int, size: int):
 def optimise_masks(classifier, images, targets=None, *, smooth_steps: int | None = None,
                    sharp_steps: int | None = None, smooth: MaskPass = SMOOTH_PASS,
                    sharp: MaskPass = SHARP_PASS, batch_size: int | None = 64,
-                   sharding: jax.sharding.Sharding | None = None,
-                   progress: bool = True, baseline: str = "blur") -> MaskResult:
+                   mesh=None, progress: bool = True, baseline: str = "blur",
+                   sharding: jax.sharding.Sharding | None = None) -> MaskResult:
     """Smooth then sharp perturbation masks for every correctly classified image.
 
     ``classifier``: an nnx model (capture convention) or ``logits_fn(images) -> logits``;
@@ -371,7 +376,11 @@ def optimise_masks(classifier, images, targets=None, *, smooth_steps: int | None
     Images whose top-1 class differs from the target are skipped with a warning.
     ``baseline``: what deleted pixels become, ``"blur"`` (paper) or ``"mean"`` (see the
     module docstring; ``blurred_prob`` is then the probability on the mean image).
+    ``mesh``: devices to split each chunk's images over (:mod:`repsim_jax._devices`
+    convention; used when the chunk size is a multiple of the device count);
+    ``sharding=`` is its deprecated alias (a Sharding's devices form the mesh).
     """
+    mesh = as_mesh(resolve_mesh_alias(mesh, sharding, "sharding", "optimise_masks"))
     if baseline not in BASELINES:
         raise InputError(f"baseline: expected one of {BASELINES}, got {baseline!r}")
     as_float_array(images, "images", ndim=4)
@@ -429,8 +438,9 @@ def optimise_masks(classifier, images, targets=None, *, smooth_steps: int | None
             sel = idx[a:b]
             pad = np.concatenate([sel, np.repeat(sel[-1:], size - sel.size)])
             x, t = jnp.asarray(images[pad]), jnp.asarray(targets[pad])
-            if sharding is not None and size % len(sharding.device_set) == 0:
-                x, t = jax.device_put(x, sharding), jax.device_put(t, sharding)
+            if mesh is not None and size % mesh.devices.size == 0:
+                x = jax.device_put(x, batch_sharding(mesh, x.ndim))
+                t = jax.device_put(t, batch_sharding(mesh, t.ndim))
             out = jax.device_get(_masks_batch(x, t, params, apply, smooth, sharp,
                                                    baseline))
             m = sel.size

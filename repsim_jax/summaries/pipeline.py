@@ -31,6 +31,8 @@ Scoring against ground truth (where per-pixel object / concept masks are known, 
 from __future__ import annotations
 
 import dataclasses
+
+from repsim_jax._results import result
 import warnings
 from typing import Callable, Sequence
 
@@ -45,7 +47,7 @@ __all__ = ["ClassSummary", "SummaryResult", "summarise_regions", "visual_summari
            "summary_purity", "PARTS", "part_labels", "label_purity"]
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@result(meta=("class_index", "status", "message"), eq=False)
 class ClassSummary:
     """Summaries of one class.
 
@@ -78,7 +80,7 @@ class ClassSummary:
         return int(np.sum(self.kept))
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@result(meta=(), eq=False)
 class SummaryResult:
     """``masks`` for the selected images (``image_indices`` into the caller's arrays) and
     ``classes`` {class index: :class:`ClassSummary`}; ``counts()`` = summaries per class."""
@@ -182,7 +184,7 @@ def visual_summaries(classifier, images, labels, classes: Sequence[int] | None =
                      images_per_class: int = 10, features: str | Callable | None = None,
                      smooth_steps: int | None = None, sharp_steps: int | None = None,
                      batch_size: int | None = 64, progress: bool = True,
-                     baseline: str = "blur", **stage2) -> SummaryResult:
+                     baseline: str = "blur", mesh=None, **stage2) -> SummaryResult:
     """Visual summaries of ``classes`` (default: all labels present) for ``classifier``.
 
     ``classifier``: nnx model (capture convention) or ``logits_fn(images)``; ``images``
@@ -191,7 +193,8 @@ def visual_summaries(classifier, images, labels, classes: Sequence[int] | None =
     for all of them are optimised in one vmapped run. ``features``: None (HOG), a layer
     name of an nnx ``classifier`` (its activations pooled over regions), or a function
     ``images -> (N, h, w, D)``. ``baseline`` ("blur" paper, "mean" for small images) goes
-    to :func:`.masks.optimise_masks`; ``stage2`` to :func:`summarise_regions`.
+    to :func:`.masks.optimise_masks`, as ``mesh`` (devices for the mask batches,
+    :mod:`repsim_jax._devices` convention); ``stage2`` to :func:`summarise_regions`.
     """
     as_float_array(images, "images", ndim=4)
     images = np.asarray(images, np.float32)
@@ -213,7 +216,7 @@ def visual_summaries(classifier, images, labels, classes: Sequence[int] | None =
         mres = _masks.optimise_masks(classifier, images[sel], labels[sel],
                                      smooth_steps=smooth_steps, sharp_steps=sharp_steps,
                                      batch_size=batch_size, progress=progress,
-                                     baseline=baseline)
+                                     baseline=baseline, mesh=mesh)
     else:
         mres = None
     fmaps = None

@@ -47,6 +47,8 @@ computation over all regions of a class (no loop over pairs).
 from __future__ import annotations
 
 import dataclasses
+
+from repsim_jax._results import result
 import functools
 
 import jax
@@ -60,7 +62,7 @@ __all__ = ["Regions", "binarise", "component_boxes", "grid_boxes", "inside_fract
            "pooled_descriptors", "region_similarity", "prune_redundant", "box_overlap"]
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@result(meta=(), eq=False)
 class Regions:
     """Boxes ``(R, 4)`` int ``[y0, x0, y1, x1)`` (end exclusive) and the index of the
     image each lies in, ``image_ids (R,)``; ``source (R,)``: 0 component, 1 proposal."""

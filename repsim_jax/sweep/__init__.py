@@ -5,10 +5,12 @@
 ...                        "models": ["small_vgg"], "output": "repsim-out/run1"})
 >>> sweep.run_sweep(cfg)          # -> Path of report.html; resumes when run again
 
-Modules: :mod:`.config` (the configuration, TOML, its hash), :mod:`.plan` (units of work,
-layer groups of equal shape, the share of each process), :mod:`.run` (devices, chunked
-activations, checkpoints, resume, jax.distributed), :mod:`.adapters` (one thin adapter per
-method), :mod:`.store` (manifest, orbax checkpoints, atomic writes), :mod:`.report`
+Modules: :mod:`.config` (the configuration, TOML, its hash), :mod:`.options` (what every
+key accepts, checked before anything is written), :mod:`.plan` (units of work, layer
+groups of equal shape, the share of each process), :mod:`.run` (devices, chunked
+activations, checkpoints, resume, jax.distributed), :mod:`.hosts` (the processes of a
+multi-process run: start, heartbeats, failures, exit - no collectives), :mod:`.adapters`
+(one thin adapter per method), :mod:`.store` (manifest, unit results, atomic writes), :mod:`.report`
 (arrays, CSV/JSON tables, PNG figures, self-contained report.html).
 """
 from repsim_jax.sweep.config import (METHOD_DEFAULTS, METHODS, DataSpec, DistributedSpec,

@@ -24,12 +24,14 @@ from repsim_jax._checks import InputError
 from repsim_jax.sweep.config import SweepError
 from repsim_jax.sweep.options import matcher_options
 
-__all__ = ["ADAPTERS", "REQUIRES", "run_unit", "check_available", "check_data"]
+__all__ = ["ADAPTERS", "REQUIRES", "run_unit", "check_available", "check_data",
+           "check_models", "NEEDS_MODEL"]
 
 # public functions each adapter calls: module -> names
 REQUIRES: dict[str, dict[str, tuple[str, ...]]] = {
     "semantic": {"repsim_jax.semantic": ("rsm", "top1_agreement", "retrieval_f1")},
     "semantic_compare": {"repsim_jax.semantic": ("compare",)},
+    "similarity": {"repsim_jax.similarity": ("compare_layers", "similarity_measures")},
     "invert": {"repsim_jax.invert": ("explain",)},
     "invert_fdr": {"repsim_jax.invert": ("benjamini_hochberg",)},
     "concepts": {"repsim_jax.concepts.nmf": ("ice_fit",)},
@@ -44,6 +46,8 @@ REQUIRES: dict[str, dict[str, tuple[str, ...]]] = {
 SEMANTIC_MAX_IMAGES = 1000
 # what each method needs from the data
 NEEDS = {"invert": ("concept_labels",), "cladec": ("labels",), "summaries": ("labels",)}
+# methods that run the network itself (not only its activations)
+NEEDS_MODEL = ("cladec", "summaries")
 
 
 def _fn(module: str, name: str) -> Callable:
@@ -74,6 +78,21 @@ def check_data(methods, data) -> None:
                                  f"data set {data.name!r} does not provide (use "
                                  f"repsim_shapes, an image folder with --concepts FILE.csv, "
                                  f"or an .npz with a {field!r} array)")
+
+
+def check_models(units, models: dict) -> None:
+    """Clear error, before any unit runs, when a unit of a method that runs the network
+    (:data:`NEEDS_MODEL`) is planned for a model given only as precomputed activations."""
+    from repsim_jax.sweep.inputs import PrecomputedActivations
+    for unit in units:
+        m, name = unit.method, getattr(unit, "model", None)
+        if m in NEEDS_MODEL and name in models:
+            model = models[name]
+            if isinstance(model, PrecomputedActivations):
+                raise InputError(f"method {m!r} runs the network itself, but model {name!r} "
+                                 f"is precomputed activations ({model.source!r}); give the "
+                                 f"model (arch / hf / factory) or leave {m!r} out of methods "
+                                 f"(semantic, invert and concepts run on activations alone)")
 
 
 def _inner(ctx) -> bool | None:
@@ -236,11 +255,103 @@ def adapt_semantic_compare(unit, ctx) -> dict[str, Any]:
                        "semantic_best_matches": _best_matches(keys, M, opts["compare"])},
             "figures": [{"kind": "heatmap", "array": "layer_similarity", "name": "layer_map",
                          "title": f"layer x layer {opts['compare']} of semantic RSMs",
-                         "xlabels": labels, "ylabels": labels}],
+                         "caption": _measure_caption(opts["compare"]),
+                         "measure": opts["compare"], "xlabels": labels, "ylabels": labels}],
             "meta": {"labels": labels, "measure": opts["compare"], "n_inputs": len(ctx.data),
                      "relative_depth": _relative_depth(ctx, keys),
                      "summary": f"{len(keys)} layers across {len({k[0] for k in keys})} "
                                 f"model(s)"}}
+
+
+# -------------------------------------------------------------------------- similarity
+_CAPTIONS = {
+    "cka_debiased": "debiased CKA (unbiased HSIC, Song et al. 2012): ~0 for unrelated "
+                    "layers at any N",
+    "linear_cka": "linear CKA, biased HSIC estimator: large for unrelated layers when N is "
+                  "small against the layers' dimension",
+    "cka": "linear CKA, biased HSIC estimator: large for unrelated layers when N is small "
+           "against the layers' dimension",
+    "procrustes": "angular Procrustes distance (0 = equal up to rotation; lower = more "
+                  "similar)",
+}
+
+
+def _measure_caption(measure: str) -> str:
+    return _CAPTIONS.get(measure, f"measure: {measure}")
+
+
+def _is_similarity(label: str) -> bool:
+    from repsim_jax.similarity._measure import ALIASES, MEASURES
+    base = label.split("(")[0]
+    return MEASURES[ALIASES.get(base, (base,))[0]].similarity
+
+
+def _safe(label: str) -> str:
+    return "".join(c if c.isalnum() or c in "_-." else "_" for c in label).strip("_")
+
+
+def adapt_similarity(unit, ctx) -> dict[str, Any]:
+    """Layer x layer maps of the activations of every model (repsim_jax.similarity)."""
+    opts = ctx.cfg.method_options("similarity")
+    compare_layers = _fn("repsim_jax.similarity", "compare_layers")
+    measures = _fn("repsim_jax.similarity", "similarity_measures")(opts["measures"])
+    by_model: dict[str, list[str]] = {}
+    for s in unit.layers:
+        m, l = s.split(":", 1)
+        by_model.setdefault(m, []).append(l)
+    acts = {}
+    for m, ls in by_model.items():
+        a = ctx.activations(m, tuple(ls))
+        acts.update({f"{m}:{l}": a[l] for l in ls})
+    mesh = ctx.mesh if ctx.mesh.devices.size > 1 else None
+    t = compare_layers(acts, None, measures, n_permutations=int(opts["n_permutations"]),
+                       n_bootstrap=int(opts["n_bootstrap"]), level=float(opts["level"]),
+                       key=ctx.seed(unit), spatial=opts["spatial"], names=("sweep",),
+                       mesh=mesh, progress=False)
+    keys = [tuple(k.split(":", 1)) for k in acts]
+    labels = list(acts)
+    rows = []
+    for r in t.records():
+        (ma, la), (mb, lb) = r["layer"].split(":", 1), r["other_layer"].split(":", 1)
+        row = {"model_a": ma, "layer_a": la, "model_b": mb, "layer_b": lb,
+               "measure": r["measure"], "value": r["value"]}
+        if t.n_bootstrap:
+            row.update(ci_low=r["ci_low"], ci_high=r["ci_high"], level=t.level)
+        if t.n_permutations:
+            row["p_value"] = r["p"]
+        rows.append(row)
+    arrays, figures, best = {}, [], []
+    for label in t.measures:
+        mat = t.matrix(label)
+        name = _safe(label)
+        arrays[f"similarity/{name}"] = mat.values
+        extra = []
+        if t.n_permutations:
+            arrays[f"p_value/{name}"] = mat.p
+            extra.append(f"permutation p-values in the table ({t.n_permutations} "
+                         f"permutations)")
+        if t.n_bootstrap:
+            arrays[f"ci_low/{name}"], arrays[f"ci_high/{name}"] = mat.ci_low, mat.ci_high
+            extra.append(f"{t.level:.0%} bootstrap intervals in the table "
+                         f"({t.n_bootstrap} resamples)")
+        figures.append({"kind": "heatmap", "array": f"similarity/{name}",
+                        "name": f"layer_map_{name}",
+                        "title": f"layer x layer {label} of activations",
+                        "caption": "; ".join([_measure_caption(label), *extra]),
+                        "measure": label, "xlabels": labels, "ylabels": labels})
+        # best match: the most similar layer (the smallest distance for Procrustes)
+        sign = 1.0 if _is_similarity(label) else -1.0
+        for b in _best_matches(keys, sign * mat.values, "score"):
+            best.append({**b, "measure": label, "score": sign * b["score"]})
+    return {"arrays": arrays, "figures": figures,
+            "tables": {"layer_similarity": rows, "layer_similarity_best_matches": best},
+            "meta": {"labels": labels, "measures": list(t.measures),
+                     "summary": f"{len(labels)} layers of {len(by_model)} model(s), "
+                                f"measures: {', '.join(t.measures)}"
+                                + (f", {t.n_permutations} permutations" if t.n_permutations
+                                   else "")
+                                + (f", {t.n_bootstrap} bootstrap resamples" if t.n_bootstrap
+                                   else "")}}
 
 
 # ------------------------------------------------------------------------------ invert
@@ -574,6 +685,7 @@ def adapt_summaries(unit, ctx) -> dict[str, Any]:
 
 ADAPTERS: dict[str, Callable] = {
     "semantic": adapt_semantic, "semantic_compare": adapt_semantic_compare,
+    "similarity": adapt_similarity,
     "invert": adapt_invert, "invert_fdr": adapt_invert_fdr, "concepts": adapt_concepts,
     "concepts_compare": adapt_concepts_compare, "cladec": adapt_cladec,
     "summaries": adapt_summaries,

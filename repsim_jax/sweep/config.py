@@ -32,6 +32,9 @@ TOML example (every key optional; the defaults are the built-in demo)::
     arch = "resnet18"
     weights = "resnet18.pth"
     num_classes = 1000
+    [[models]]
+    name = "vit"                # or hf = "DIR" (save_pretrained), factory =
+    hf = "checkpoints/vit"      # "pkg.mod:fn" (+ weights), activations = "acts.npz"
 
     [semantic]                  # options of one method (see METHOD_DEFAULTS)
     matcher = "exact"
@@ -53,7 +56,7 @@ __all__ = ["METHODS", "METHOD_DEFAULTS", "ModelSpec", "DataSpec", "DistributedSp
            "SweepConfig", "SweepError", "from_dict", "load_toml", "config_hash",
            "apply_overrides", "demo_config", "DEMO", "check_config"]
 
-METHODS = ("semantic", "invert", "concepts", "cladec", "summaries")
+METHODS = ("semantic", "invert", "concepts", "cladec", "summaries", "similarity")
 
 # Options of every method as the sweep passes them on (see repsim_jax.sweep.adapters).
 # What each key accepts (type, range, valid names) is in the table next door,
@@ -62,8 +65,10 @@ METHODS = ("semantic", "invert", "concepts", "cladec", "summaries")
 # ``layers`` (per method) narrows the sweep's layer list for that method: "all", "last"
 # (the deepest layer), or a list of names.
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    # compare: how the layer x layer map compares semantic RSMs; debiased CKA by default
+    # (biased "linear_cka" is large for unrelated layers at small N)
     # n_images: a seeded subset for the N^2 RSMs (None: all, at most 1000)
-    "semantic": {"kernel": "cosine", "matcher": "exact", "compare": "linear_cka",
+    "semantic": {"kernel": "cosine", "matcher": "exact", "compare": "cka_debiased",
                  "layers": "all", "n_images": None},
     "invert": {"L": 2, "B": 3, "min_fraction": 0.0, "max_fraction": 0.5,
                "reduction": "mean", "layers": "all"},
@@ -76,7 +81,36 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "cladec": {"alpha": 0.5, "steps": 150, "lr": 3e-3, "batch_size": 32, "layers": "last",
                "retrain_steps": 100},   # 0: skip the retrain-accuracy check
     "summaries": {"classes": "all", "max_images": 4, "steps_smooth": 60, "steps_sharp": 30},
+    # layer x layer maps of the activations themselves (repsim_jax.similarity): every
+    # layer of every model against every other; measures: names or {name = options}
+    # tables (e.g. {rsa = {compare = "pearson"}}); p-values / intervals where asked
+    "similarity": {"measures": ["cka_debiased"], "n_permutations": 0, "n_bootstrap": 0,
+                   "level": 0.95, "spatial": "flatten", "layers": "all"},
 }
+
+
+def _similarity_measures(values: Mapping[str, Any]) -> None:
+    """[similarity] measures: every name (and its options) known to repsim_jax.similarity."""
+    if "measures" not in values:
+        return
+    from repsim_jax.similarity.compare import similarity_measures
+    try:
+        similarity_measures(values["measures"])
+    except KeyError as e:
+        raise KeyError(f"[similarity] measures: {e.args[0]}") from None
+    except InputError as e:
+        raise InputError(f"[similarity] measures: {e}") from None
+
+
+_opts.register_options(
+    "similarity",
+    measures=_opts.Option("any", doc="names of repsim_jax.similarity measures"),
+    n_permutations=_opts.Option("int", 0, doc="permutations per layer pair (0: no p)"),
+    n_bootstrap=_opts.Option("int", 0, doc="bootstrap resamples per pair (0: no CI)"),
+    level=_opts.Option("float", 0.0, 1.0, lo_open=True, hi_open=True),
+    spatial=_opts.Option("str", choices=("repsim_jax.similarity", "SPATIAL")),
+    layers=_opts.Option("layers", doc="this method's layers"),
+    check=_similarity_measures)
 
 
 class SweepError(RuntimeError):
@@ -91,15 +125,34 @@ def _field_defaults(cls) -> dict[str, Any]:
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-    """A built-in trained model (``name`` only), or ``arch`` + ``weights`` (ported)."""
+    """One model of a sweep, from exactly one source: a built-in trained model (``name``
+    only); ``arch`` (+ ``weights``, ported; random if none); ``hf`` (a Hugging Face
+    checkpoint directory, :func:`repsim_jax.models.load_hf`); ``factory``
+    (``"package.module:callable"`` returning an nnx model, + optional ``weights`` written
+    by :func:`repsim_jax.models.save_npz` / ``save_safetensors``); ``activations``
+    (precomputed ``{layer: (N, ...)}``: an .npz or a directory of .npy files)."""
     name: str
     arch: str | None = None
     weights: str | None = None
     num_classes: int | None = None
+    hf: str | None = None
+    factory: str | None = None
+    activations: str | None = None
 
     @property
     def builtin(self) -> bool:
-        return self.arch is None
+        return self.source == "builtin"
+
+    @property
+    def source(self) -> str:
+        """``"builtin"``, ``"arch"``, ``"hf"``, ``"factory"`` or ``"activations"``."""
+        for key in MODEL_SOURCES:
+            if getattr(self, key) is not None:
+                return key
+        return "builtin"
+
+
+MODEL_SOURCES = ("arch", "hf", "factory", "activations")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,11 +176,15 @@ _DATA_FLAGS = ("skip_bad_images", "balanced")
 
 @dataclasses.dataclass(frozen=True)
 class DistributedSpec:
-    """``jax.distributed.initialize`` arguments; ``enabled=False`` = one process."""
+    """``jax.distributed.initialize`` arguments; ``enabled=False`` = one process.
+
+    ``peer_timeout``: seconds without a heartbeat after which a waiting process declares
+    another one dead and stops (with a message; rerun to resume)."""
     enabled: bool = False
     coordinator_address: str | None = None
     num_processes: int | None = None
     process_id: int | None = None
+    peer_timeout: float = 60.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,11 +238,30 @@ def _model_spec(entry) -> ModelSpec:
                         label=f"[[models]] {entry['name']!r}" if entry.get("name")
                         else "[[models]]")
     arch = entry.get("arch")
-    name = entry.get("name") or (Path(entry["weights"]).stem if entry.get("weights") else arch)
+    sources = [k for k in MODEL_SOURCES if entry.get(k) is not None]
+    if len(sources) > 1:
+        raise InputError(f"models: entry {dict(entry)} gives {' and '.join(sources)}; give one "
+                         f"of {', '.join(MODEL_SOURCES)} (or only a built-in name)")
+    src = sources[0] if sources else None
+    if entry.get("weights") is not None and src not in ("arch", "factory"):
+        raise InputError(f"models: entry {dict(entry)}: weights go with arch or factory")
+    if entry.get("num_classes") is not None and src in ("hf", "activations"):
+        raise InputError(f"models: entry {dict(entry)}: num_classes goes with arch or "
+                         f"factory (an {src} model has its own)")
+    name = entry.get("name")
+    if not name and entry.get("weights"):
+        name = Path(entry["weights"]).stem
+    if not name and src in ("hf", "activations"):
+        name = Path(str(entry[src]).rstrip("/")).stem
+    if not name and src == "factory":
+        name = str(entry["factory"]).rpartition(":")[2].rpartition(".")[2]
+    name = name or arch
     if not name:
         raise InputError(f"models: entry {dict(entry)} needs a 'name' or an 'arch'")
     nc = entry.get("num_classes")
-    return ModelSpec(str(name), arch, entry.get("weights"), None if nc is None else int(nc))
+    return ModelSpec(str(name), arch, entry.get("weights"), None if nc is None else int(nc),
+                     hf=entry.get("hf"), factory=entry.get("factory"),
+                     activations=entry.get("activations"))
 
 
 def from_dict(d: Mapping[str, Any]) -> SweepConfig:
@@ -319,6 +395,11 @@ def apply_overrides(d: dict[str, Any], assignments) -> dict[str, Any]:
 
 def _file_digest(path: str) -> str:
     p = Path(path)
+    if p.is_dir():      # a directory of files (.npy activations, a checkpoint): every file
+        h = hashlib.sha256()
+        for f in sorted(q for q in p.iterdir() if q.is_file()):
+            h.update(f"{f.name}:{_file_digest(str(f))};".encode())
+        return h.hexdigest()
     if not p.is_file():
         return "missing"
     h = hashlib.sha256()
@@ -353,9 +434,10 @@ def config_hash(cfg: SweepConfig) -> str:
     d.pop("output")
     d.pop("distributed")
     for m in d["models"]:
-        if "weights" in m:
-            m["weights_sha256"] = _file_digest(m["weights"])
-            m["weights"] = os.path.basename(m["weights"])
+        for key in ("weights", "activations", "hf"):   # files enter by content
+            if key in m:
+                m[f"{key}_sha256"] = _file_digest(m[key])
+                m[key] = os.path.basename(str(m[key]).rstrip("/"))
     src = d["data"]["source"]
     if src.endswith((".npz", ".npy")):
         d["data"]["sha256"] = _file_digest(src)

@@ -6,6 +6,7 @@ models following the capture convention of :mod:`repsim_jax.models.capture`.
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Callable
 
@@ -15,7 +16,9 @@ from repsim_jax._checks import InputError, unknown_name
 from repsim_jax.data.dataset import Dataset
 from repsim_jax.sweep.config import DataSpec, ModelSpec
 
-__all__ = ["SweepData", "load_data", "load_model", "images_for"]
+__all__ = ["SweepData", "load_data", "load_model", "images_for", "PrecomputedActivations",
+           "load_activations", "check_activations_length", "load_factory_model",
+           "load_hf_model"]
 
 
 # The sweep's data is the data layer's one record (images may be a lazy view).
@@ -37,11 +40,155 @@ def load_data(spec: DataSpec, *, preprocess=None, seed: int = 0,
                      data_dir=spec.data_dir, echo=echo)
 
 
-def load_model(spec: ModelSpec, seed: int = 0):
-    """A built-in trained model, or ``arch`` with ``weights`` ported (random if None)."""
+@dataclasses.dataclass(frozen=True, eq=False)
+class PrecomputedActivations:
+    """A sweep model given as its activations ``{layer: (N, ...)}`` (``activations = ...``).
+
+    Methods that need only activations (semantic, invert, concepts) run on them; methods
+    that run the network (cladec, summaries) refuse it before any unit runs."""
+    name: str
+    source: str
+    arrays: dict
+
+    def layer_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {k: tuple(int(d) for d in v.shape[1:]) for k, v in self.arrays.items()}
+
+    def __len__(self) -> int:
+        return int(next(iter(self.arrays.values())).shape[0])
+
+
+def load_activations(path, name: str | None = None) -> PrecomputedActivations:
+    """Precomputed activations from an .npz (one array per layer, in the file's order) or a
+    directory of ``<layer>.npy`` files (sorted by name; read memory-mapped). Every array must
+    be numeric with a leading axis N shared by all layers (checked here; that N equals the
+    data set's size is checked by the sweep)."""
+    p = Path(path)
+    label = f"model {name!r}: activations {str(p)!r}" if name else f"activations {str(p)!r}"
+    try:
+        if p.is_dir():
+            files = sorted(p.glob("*.npy"))
+            if not files:
+                raise InputError(f"{label}: the directory holds no .npy files (one "
+                                 f"<layer>.npy of shape (N, ...) per layer)")
+            arrays = {f.stem: np.load(f, mmap_mode="r", allow_pickle=False) for f in files}
+        elif p.is_file():
+            with np.load(p, allow_pickle=False) as z:
+                if not hasattr(z, "files"):
+                    raise InputError(f"{label}: expected an .npz of {{layer: (N, ...)}} or a "
+                                     f"directory of .npy files, got a single array")
+                arrays = {k: z[k] for k in z.files}
+        else:
+            raise InputError(f"{label} not found (an .npz file or a directory of .npy)")
+    except (ValueError, OSError) as e:
+        if isinstance(e, InputError):
+            raise
+        raise InputError(f"{label}: cannot read it as numpy arrays ({e})") from None
+    if not arrays:
+        raise InputError(f"{label}: holds no arrays")
+    lengths = {}
+    for k, v in arrays.items():
+        if v.ndim < 2 or np.dtype(v.dtype).kind not in "fiu":
+            raise InputError(f"{label}: layer {k!r} must be a numeric array (N, ...) with at "
+                             f"least 2 dimensions, got shape {tuple(v.shape)} dtype {v.dtype}")
+        lengths[k] = int(v.shape[0])
+    if len(set(lengths.values())) > 1:
+        raise InputError(f"{label}: layers disagree on N (the number of images): {lengths}")
+    return PrecomputedActivations(name or p.stem, str(p), arrays)
+
+
+def check_activations_length(acts: PrecomputedActivations, n_images: int) -> None:
+    """Precomputed activations must have one row per image of the sweep's data set."""
+    if len(acts) != int(n_images):
+        raise InputError(f"model {acts.name!r}: the activations in {acts.source!r} have N = "
+                         f"{len(acts)} rows, the data set has {n_images} images (they must be "
+                         f"the activations of exactly these images, in this order; set "
+                         f"data.n_images = {len(acts)} if that is what they are)")
+
+
+def _import_factory(target: str, label: str):
+    """``"package.module:callable"`` (attribute path after the colon) -> the callable."""
+    import importlib
+    import sys
+    mod_name, sep, attr = str(target).partition(":")
+    if not sep or not mod_name or not attr:
+        raise InputError(f"{label}: factory must look like 'package.module:callable', got "
+                         f"{target!r}")
+    try:
+        module = importlib.import_module(mod_name)
+    except ModuleNotFoundError as e:
+        import os
+        if os.getcwd() in sys.path or "" in sys.path:
+            raise InputError(f"{label}: cannot import {mod_name!r} ({e})") from None
+        sys.path.insert(0, os.getcwd())      # the user's own code next to the config
+        try:
+            module = importlib.import_module(mod_name)
+        except ModuleNotFoundError as e2:
+            raise InputError(f"{label}: cannot import {mod_name!r} ({e2}); is it on "
+                             f"PYTHONPATH?") from None
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            import difflib
+            valid = [n for n in dir(obj) if not n.startswith("_")]
+            close = difflib.get_close_matches(part, valid, n=3)
+            hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise InputError(f"{label}: {getattr(obj, '__name__', mod_name)!r} has no "
+                             f"attribute {part!r}.{hint} (it has: "
+                             f"{', '.join(valid[:20])})")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise InputError(f"{label}: {target!r} is not callable")
+    return obj
+
+
+def load_factory_model(target: str, *, weights=None, num_classes=None, label="factory"):
+    """The nnx model the user's ``factory`` returns (``num_classes=`` passed when given),
+    with ``weights`` (a file of :func:`repsim_jax.models.save_npz` / ``save_safetensors`` or
+    a torch state_dict with the model's keys) ported through the safe loaders."""
     from flax import nnx
 
     from repsim_jax import models
+    fn = _import_factory(target, label)
+    model = fn(num_classes=num_classes) if num_classes is not None else fn()
+    if not isinstance(model, nnx.Module):
+        raise InputError(f"{label}: {target!r} returned {type(model).__name__}, expected a "
+                         f"flax.nnx.Module (wrap linen modules / functions with "
+                         f"repsim_jax.models.from_linen / from_function)")
+    if weights is not None:
+        if not Path(weights).is_file():
+            raise InputError(f"{label}: weight file {str(weights)!r} not found")
+        models.port_torchvision(model, weights)
+    return model
+
+
+def load_hf_model(path, *, label="hf"):
+    """A Hugging Face checkpoint directory through :func:`repsim_jax.models.load_hf`."""
+    from repsim_jax import models
+    if not Path(path).is_dir():
+        raise InputError(f"{label}: checkpoint directory {str(path)!r} not found (a "
+                         f"directory written by save_pretrained: config.json + "
+                         f"model.safetensors)")
+    loader = getattr(models, "load_hf", None)
+    if loader is None:
+        raise InputError(f"{label}: this installation has no repsim_jax.models.load_hf")
+    return loader(path)
+
+
+def load_model(spec: ModelSpec, seed: int = 0):
+    """The model of a ``[[models]]`` entry: a built-in trained model; ``arch`` with
+    ``weights`` ported (random if None); ``hf``; ``factory`` (+ ``weights``); or
+    ``activations`` (a :class:`PrecomputedActivations`)."""
+    from flax import nnx
+
+    from repsim_jax import models
+    label = f"model {spec.name!r}"
+    if spec.source == "activations":
+        return load_activations(spec.activations, spec.name)
+    if spec.source == "hf":
+        return load_hf_model(spec.hf, label=label)
+    if spec.source == "factory":
+        return load_factory_model(spec.factory, weights=spec.weights,
+                                  num_classes=spec.num_classes, label=label)
     if spec.builtin:
         from repsim_jax.models import zoo
         valid = list(zoo.TRAINED_MODELS)
@@ -66,10 +213,21 @@ def load_model(spec: ModelSpec, seed: int = 0):
 
 
 def images_for(model, images: np.ndarray) -> np.ndarray:
-    """``images`` resized (bilinear) / channel-adapted to the model's ``input_shape``."""
+    """``images`` channel-adapted and resized for ``model``: by its preprocessing's resize
+    rule when it has one (``model.preprocess``: e.g. ImageNet's shorter side + centre crop),
+    else bilinearly to its ``input_shape`` (a model with neither takes them as they are)."""
     import jax
-    h, w, c = tuple(model.input_shape)
-    x = np.asarray(images, np.float32)
+
+    from repsim_jax.models.preprocess import preprocess_of, resize_array, to_unit_range
+    x = to_unit_range(images)            # uint8 -> [0, 1]; float must be in [0, 1]
+    pre = preprocess_of(model)
+    hwc = getattr(model, "input_shape", None)
+    if hwc is None:
+        h, w, c = (*(pre.size or x.shape[1:3]), x.shape[-1])
+    else:
+        h, w, c = tuple(hwc)
+    if pre.size is not None and pre.resize != "none" and x.shape[-1] == c:
+        return resize_array(x, pre)
     if x.shape[-1] != c:
         if x.shape[-1] == 1 and c == 3:
             x = np.repeat(x, 3, axis=-1)
@@ -77,6 +235,8 @@ def images_for(model, images: np.ndarray) -> np.ndarray:
             x = x.mean(-1, keepdims=True)
         else:
             raise InputError(f"images have {x.shape[-1]} channels but the model expects {c}")
+        if pre.size is not None and pre.resize != "none":
+            return resize_array(x, pre)
     if x.shape[1:3] != (h, w):
         x = np.asarray(jax.image.resize(x, (x.shape[0], h, w, c), "bilinear"))
     return x

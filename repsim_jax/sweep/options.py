@@ -234,12 +234,19 @@ OPTIONS: dict[str, dict[str, Option]] = {
         "coordinator_address": Option("str", none=True, doc="HOST:PORT"),
         "num_processes": _int(1, none=True),
         "process_id": _int(0, none=True),
+        "peer_timeout": Option("float", 0.0, lo_open=True,
+                               doc="seconds without a heartbeat before a peer counts as dead"),
     },
     "models": {
         "name": Option("str"),
         "arch": Option("str", none=True),
         "weights": Option("str", none=True, doc="a weight file"),
         "num_classes": _int(1, none=True),
+        "hf": Option("str", none=True, doc="a Hugging Face checkpoint directory"),
+        "factory": Option("str", none=True, doc="package.module:callable returning an nnx "
+                          "model"),
+        "activations": Option("str", none=True, doc="precomputed {layer: (N, ...)}: an .npz "
+                              "or a directory of .npy"),
     },
     "sweep": {   # the top level of a configuration
         "seed": _int(0),

@@ -27,7 +27,7 @@ __all__ = ["Unit", "select_layers", "group_by_shape", "plan_units", "partition",
 AGGREGATES = {"semantic_compare": "semantic", "invert_fdr": "invert",
               "concepts_compare": "concepts"}
 # relative cost of one layer of each kind (for balancing processes)
-_COST = {"semantic": 4.0, "invert": 1.0, "concepts": 3.0, "cladec": 8.0, "summaries": 10.0,
+_COST = {"similarity": 0.5, "semantic": 4.0, "invert": 1.0, "concepts": 3.0, "cladec": 8.0, "summaries": 10.0,
          "semantic_compare": 0.5, "invert_fdr": 0.2, "concepts_compare": 1.0}
 
 
@@ -127,6 +127,8 @@ def plan_units(methods: Sequence[str], layers_by_model: Mapping[str, Sequence[st
                 chosen = [n for n in layers if n in sel]
             else:
                 chosen = select_layers(sel, layers)
+            if method == "similarity":
+                continue                # one unit over every model, below
             if method == "summaries":
                 units.append(Unit(method, model))
             elif method == "cladec":
@@ -134,6 +136,17 @@ def plan_units(methods: Sequence[str], layers_by_model: Mapping[str, Sequence[st
             elif chosen:
                 units.extend(Unit(method, model, g)
                              for g in group_by_shape(chosen, shapes_by_model[model], max_group))
+    if "similarity" in methods:
+        # layer x layer maps of the activations of every model: one phase-1 unit whose
+        # layers are "model:layer" (it reads activations, not other units)
+        sel = method_layers.get("similarity", "all")
+        chosen = []
+        for model, layers in layers_by_model.items():
+            names = ([n for n in layers if n in sel] if isinstance(sel, (list, tuple))
+                     else select_layers(sel, layers))
+            chosen += [f"{model}:{n}" for n in names]
+        if chosen:
+            units.append(Unit("similarity", "*", tuple(chosen)))
     for agg, base in AGGREGATES.items():
         deps = tuple(u.key for u in units if u.method == base)
         if base in methods and deps:

@@ -3,7 +3,7 @@
 :func:`run_sweep` plans the units (:mod:`repsim_jax.sweep.plan`), skips those already
 checkpointed in the output directory, executes the others through the method adapters
 (:mod:`repsim_jax.sweep.adapters`), checkpoints each one as soon as it finishes
-(:mod:`repsim_jax.sweep.store`, orbax) and finally writes the report
+(:mod:`repsim_jax.sweep.store`) and finally writes the report
 (:mod:`repsim_jax.sweep.report`).
 
 Devices and memory
@@ -21,18 +21,26 @@ Resume and determinism
     same command ends with exactly the numbers of an uninterrupted run, and identical
     configuration + seed give identical numbers.
 
-Several hosts (``jax.distributed``)
+Several processes / hosts (``jax.distributed``)
     Start the same command on every host with the same configuration and an output
     directory on a file system all hosts share, plus either ``--distributed`` (cluster
     auto-detection: Cloud TPU, SLURM, Open MPI) or ``--coordinator HOST:PORT
     --num-processes P --process-id I`` (or the environment variables
     ``REPSIM_COORDINATOR``, ``REPSIM_NUM_PROCESSES``, ``REPSIM_PROCESS_ID``).
-    :func:`maybe_initialize_distributed` calls ``jax.distributed.initialize`` with them.
+    :func:`maybe_initialize_distributed` calls ``jax.distributed.initialize`` with them
+    (and ``jax_enable_recoverability``, so one process dying does not abort the others).
     Every process plans the same units; :func:`repsim_jax.sweep.plan.partition` gives
     process ``jax.process_index()`` its share (balanced by estimated cost), which it
-    computes on its local devices and checkpoints itself. After a barrier the aggregate
-    units are shared out the same way; after a second barrier process 0 writes the
-    report. A killed multi-host run resumes like a single-host one.
+    computes on its LOCAL devices and writes to the output directory itself. No step needs
+    a device collective or a barrier: process 0 prepares the directory and says so;
+    an aggregate unit waits until the units it reads are on disk; process 0 waits for
+    every unit and writes the report once. Waiting processes watch the others' state and
+    heartbeats (:mod:`repsim_jax.sweep.hosts`), so a process that fails or is killed
+    makes the others stop with a message naming it (after ``distributed.peer_timeout``
+    seconds without a heartbeat, default 60) instead of hanging; running the same
+    command again resumes. The built-in models are read from their cache by each process
+    alone (:mod:`repsim_jax.models.zoo`); the processes compare fingerprints of their
+    models' weights before computing anything.
 """
 from __future__ import annotations
 
@@ -51,15 +59,27 @@ import numpy as np
 from repsim_jax._checks import InputError, unknown_name
 from repsim_jax.sweep import plan as plan_mod
 from repsim_jax.sweep.config import SweepConfig, SweepError, check_config, config_hash
-from repsim_jax.sweep.inputs import SweepData, images_for, load_data, load_model
+from repsim_jax.sweep.inputs import (PrecomputedActivations, SweepData,
+                                    check_activations_length, images_for, load_data,
+                                    load_model)
+from repsim_jax.sweep.hosts import Hosts, JaxKV
 from repsim_jax.sweep.store import Store, atomic_write_text
 
 __all__ = ["run_sweep", "SweepContext", "maybe_initialize_distributed", "local_mesh",
            "model_layers"]
 
 
+_OWNED = {"distributed": False}    # True when the sweep called jax.distributed.initialize
+_RUNS = {"count": 0}                 # sweep calls in this process (key namespace)
+
+
 def maybe_initialize_distributed(spec) -> bool:
-    """Calls ``jax.distributed.initialize`` when configured (flags or environment)."""
+    """Calls ``jax.distributed.initialize`` when configured (flags or environment).
+
+    Returns whether jax.distributed is active. When the sweep initialises it, it also
+    sets ``jax_enable_recoverability`` (a dead process must not abort the others; the
+    sweep detects it itself) and shuts it down again at the end of :func:`run_sweep`.
+    """
     import jax
     env = os.environ
     coord = spec.coordinator_address or env.get("REPSIM_COORDINATOR")
@@ -71,9 +91,21 @@ def maybe_initialize_distributed(spec) -> bool:
         return False
     if jax.distributed.is_initialized():
         return True
+    jax.config.update("jax_enable_recoverability", True)
     jax.distributed.initialize(coordinator_address=coord, num_processes=nproc,
                                process_id=pid)
+    _OWNED["distributed"] = True
     return True
+
+
+def _shutdown_distributed() -> None:
+    import jax
+    if _OWNED["distributed"]:
+        _OWNED["distributed"] = False
+        try:
+            jax.distributed.shutdown()
+        except Exception:  # noqa: BLE001 - leaving anyway
+            pass
 
 
 def local_mesh():
@@ -88,20 +120,37 @@ def local_mesh():
 
 
 def _process_info() -> tuple[int, int]:
-    """(process index, process count) of this run (one place, so tests can fake hosts)."""
+    """(process index, process count) of this run."""
     import jax
     return jax.process_index(), jax.process_count()
 
 
-def _barrier(name: str) -> None:
+def _hosts(cfg: SweepConfig) -> Hosts:
+    """This process among the sweep's processes (tests replace it to simulate hosts)."""
+    pi, pc = _process_info()
+    if pc == 1:
+        return Hosts(0, 1)
+    from jax._src.distributed import global_state
+    _RUNS["count"] += 1
+    return Hosts(pi, pc, JaxKV(global_state.client), namespace=f"repsim/{_RUNS['count']}",
+                 peer_timeout=float(cfg.distributed.peer_timeout),
+                 client=global_state.client if _OWNED["distributed"] else None)
+
+
+def _fingerprint(model) -> float:
+    """Sum of every array of a model's state (cheap; equal weights -> equal value)."""
     import jax
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices(name)
+    from flax import nnx
+    return float(sum(np.asarray(x, np.float64).sum()
+                     for x in jax.tree.leaves(nnx.state(model))
+                     if np.issubdtype(np.asarray(x).dtype, np.number)))
 
 
 def model_layers(model) -> dict[str, tuple]:
-    """Per-image shapes of the capturable layers of ``model``, in forward order."""
+    """Per-image shapes of the capturable layers of ``model``, in forward order (of the
+    arrays' order for precomputed activations)."""
+    if isinstance(model, PrecomputedActivations):
+        return model.layer_shapes()
     from repsim_jax.models import layer_shapes
     return layer_shapes(model)
 
@@ -139,7 +188,6 @@ class SweepContext:
         view, decoded ahead by background workers), each batch adapted to the model and
         sharded over the mesh when it divides evenly."""
         import jax
-        from jax.sharding import NamedSharding, PartitionSpec as P
 
         from repsim_jax.models import activations
         ndev = self.mesh.devices.size
@@ -147,10 +195,9 @@ class SweepContext:
         from repsim_jax.data.stream import iter_batches
         for start, batch in iter_batches(images, bs):
             x = images_for(self.models[model], batch)
-            sharding = (NamedSharding(self.mesh, P("data"))
-                        if ndev > 1 and len(x) % ndev == 0 else None)
-            out = activations(self.models[model], x, list(layers), batch_size=len(x),
-                              sharding=sharding)
+            # padded to a multiple of the device count inside, sharded over "data"
+            out = activations(self.models[model], x, list(layers), batch_size=bs,
+                              mesh=self.mesh if ndev > 1 else None)
             yield start, {k: np.asarray(jax.device_get(v)) for k, v in out.items()}
 
     def activations(self, model: str, layers: tuple[str, ...],
@@ -167,22 +214,22 @@ class SweepContext:
             self._cache.move_to_end(key)
             return self._cache[key]
         import jax
-        from jax.sharding import NamedSharding, PartitionSpec as P
 
         from repsim_jax.models import activations
-        if isinstance(self.data.images, np.ndarray):
+        if isinstance(self.models[model], PrecomputedActivations):
+            # precomputed: the same host arrays a forward pass would have given
+            arrays = self.models[model].arrays
+            idx = slice(None) if sub is None else np.asarray(sub, np.int64)
+            out = {k: np.asarray(arrays[k][idx], np.float32) for k in layers}
+        elif isinstance(self.data.images, np.ndarray):
             ndev = self.mesh.devices.size
             bs = self._batch_size()
             images = self.images(model)
             if sub is not None:
                 images = images[np.asarray(sub, np.int64)]
-            n = len(images)
-            # chunks of a multiple of the device count are sharded over "data"; a single
-            # chunk that does not divide evenly runs unsharded
-            sharding = (NamedSharding(self.mesh, P("data"))
-                        if ndev > 1 and (bs < n or n % ndev == 0) else None)
+            # chunks (padded to a multiple of the device count) sharded over "data"
             out = activations(self.models[model], images, list(layers), batch_size=bs,
-                              sharding=sharding)
+                              mesh=self.mesh if ndev > 1 else None)
             out = {k: np.asarray(jax.device_get(v)) for k, v in out.items()}
         else:   # a lazy data set: decode (in background workers) only what is asked
             view = self.data.images if sub is None else self.data.images.take(sub)
@@ -198,7 +245,10 @@ class SweepContext:
         streamed to the on-disk store (``OUT/activations``, zarr) as they are computed,
         read back in chunks; memory is bounded by the batch/chunk size, not by N. Reused
         when already complete (resume)."""
-        from repsim_jax.sweep.store import ActivationStore
+        from repsim_jax.sweep.store import ActivationStore, ChunkedActivations
+        if isinstance(self.models[model], PrecomputedActivations):   # already on disk
+            arrays = self.models[model].arrays
+            return {l: ChunkedActivations(arrays[l], self._batch_size()) for l in layers}
         if self._act_store is None:
             self._act_store = ActivationStore(self.store.root,
                                               chunk_images=self._batch_size())
@@ -242,9 +292,8 @@ def _data_record(data) -> dict[str, Any]:
             "class_names": list(data.class_names), "concept_names": list(data.concept_names)}
 
 
-def _device_info() -> dict[str, Any]:
+def _device_info(pi: int, pc: int) -> dict[str, Any]:
     import jax
-    pi, pc = _process_info()
     return {"backend": jax.default_backend(), "process_index": pi, "process_count": pc,
             "local_devices": [str(d) for d in jax.local_devices()],
             "device_count": jax.device_count(), "host": platform.node(),
@@ -257,20 +306,42 @@ def run_sweep(cfg: SweepConfig, *, progress: bool | None = None,
     """Runs (or resumes) the sweep ``cfg``; returns the path of ``report.html``.
 
     Raises :class:`InputError`/``KeyError`` for bad input (unknown model, layer, data) and
-    :class:`SweepError` for a foreign output directory, a full disk or a failed unit.
+    :class:`SweepError` for a foreign output directory, a full disk, a failed unit or a
+    failed/vanished peer process. In a multi-process run every process returns the same
+    path; only process 0 writes the report.
     """
+    check_config(cfg)            # bad options fail before anything is written
+    maybe_initialize_distributed(cfg.distributed)
+    hosts = _hosts(cfg)
+    hosts.start_heartbeat()
+    hosts.set_state("loading")
+    try:
+        path = _run(cfg, hosts, progress, echo, write_report)
+        hosts.set_state("finished")
+        return path
+    except BaseException as e:
+        msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+        hosts.set_state("failed", error=f"{type(e).__name__}: {msg}"[:2000])
+        raise
+    finally:
+        if hosts.multi:
+            if hosts.index == 0:
+                hosts.wait_for_exits()      # the service process 0 hosts goes last
+            hosts.stop_heartbeat()
+            _shutdown_distributed()
+
+
+def _run(cfg: SweepConfig, hosts: Hosts, progress, echo, write_report) -> Path:
     from repsim_jax import _progress
     from repsim_jax.sweep import adapters
     import jax
     say = echo or (lambda s: None)
     t_start = time.time()
-    check_config(cfg)            # bad options fail before anything is written
-    maybe_initialize_distributed(cfg.distributed)
-    pi, pc = _process_info()
+    pi, pc = hosts.index, hosts.count
     chash = config_hash(cfg)
     store = Store(cfg.output, chash, cfg.to_dict())
     # a foreign directory fails before any work (other processes check after process 0
-    # has written the manifest, below)
+    # has prepared the directory, below)
     resumed = store.check_manifest() if pi == 0 else False
 
     # every input is loaded and validated before anything is written; decoded data
@@ -279,15 +350,21 @@ def run_sweep(cfg: SweepConfig, *, progress: bool | None = None,
     for spec in cfg.models:
         models[spec.name] = load_model(spec, seed=cfg.seed)
         shapes[spec.name] = model_layers(models[spec.name])
-    data = load_data(cfg.data, preprocess=models[cfg.models[0].name], seed=cfg.seed,
+    runnable = [m for m in models.values() if not isinstance(m, PrecomputedActivations)]
+    data = load_data(cfg.data, preprocess=runnable[0] if runnable else None, seed=cfg.seed,
                      echo=say)
     adapters.check_data(cfg.methods, data)
+    for m in models.values():
+        if isinstance(m, PrecomputedActivations):
+            check_activations_length(m, len(data))
     layers = _layers_by_model(cfg, shapes)
     units = plan_mod.plan_units(
         cfg.methods, layers, shapes,
         {m: cfg.method_options(m).get("layers", "all") for m in cfg.methods})
     for method in sorted({u.method for u in units}):
         adapters.check_available(method)
+    adapters.check_models(units, models)
+    prints = {n: _fingerprint(m) for n, m in models.items()} if hosts.multi else {}
 
     if pi == 0:
         if not resumed:
@@ -295,15 +372,47 @@ def run_sweep(cfg: SweepConfig, *, progress: bool | None = None,
         removed = store.clean_partial()
         if removed:
             say(f"discarded {len(removed)} unfinished unit(s) of an interrupted run")
-    _barrier("repsim-manifest")
-    if pi != 0:
-        resumed = store.check_manifest()
+        hosts.publish("start", {"config_hash": chash, "models": prints, "resumed": resumed})
+    else:
+        hosts.wait(lambda: (hosts.read("start") is not None, [0],
+                            "the output directory (process 0 prepares it)"))
+        start = hosts.read("start")
+        if start["config_hash"] != chash:
+            raise SweepError(f"process {pi} has another configuration than process 0 "
+                             f"(hash {chash} != {start['config_hash']}): start every "
+                             f"process with the same command and files")
+        for name, value in prints.items():
+            if not np.isclose(value, start["models"].get(name, np.nan), rtol=1e-12):
+                raise SweepError(
+                    f"model {name!r}: process {pi} has other weights than process 0 "
+                    f"(fingerprint {value!r} != {start['models'].get(name)!r}); for "
+                    f"built-in models put $REPSIM_CACHE on a file system all hosts share")
+        store.check_manifest()
+        resumed = bool(start.get("resumed"))
+    hosts.set_state("running")
     say(f"repsim sweep {chash} -> {store.root} ({'resuming' if resumed else 'new'}; "
         f"{len(units)} units; process {pi}/{pc}, {len(jax.local_devices())} local "
         f"{jax.default_backend()} device(s))")
     ctx = SweepContext(cfg, data, models, shapes, local_mesh(), store, progress=progress)
-    devices = _device_info()
+    devices = _device_info(pi, pc)
     stats = {"ran": 0, "resumed": 0}
+    owner = {u.key: p for phase in (1, 2) for p in range(pc)
+             for u in plan_mod.partition([v for v in units if v.phase == phase], p, pc)}
+
+    def owed(p: int) -> str:
+        missing = [k for k, o in owner.items() if o == p and not store.is_done(k)]
+        return ", ".join(missing[:3]) + (f" and {len(missing) - 3} more"
+                                         if len(missing) > 3 else "")
+
+    def on_disk(keys):
+        """For hosts.wait: (all done?, owners of the missing ones, what is missing)."""
+        def check():
+            missing = [k for k in keys if not store.is_done(k)]
+            text = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more"
+                                             if len(missing) > 3 else "")
+            return not missing, sorted({owner[k] for k in missing}), text
+        return check
+
     for phase in (1, 2):
         mine = plan_mod.partition([u for u in units if u.phase == phase], pi, pc)
         # a bar over the units with ETA on a terminal; in a log one line per finished unit
@@ -311,11 +420,14 @@ def run_sweep(cfg: SweepConfig, *, progress: bool | None = None,
                             progress=progress, auto_lines=False)
         for k, unit in enumerate(mine):
             bar.set_postfix_str(unit.key[:60])
+            hosts.check_peers(range(pc), owed)     # stop early when a peer failed
             if store.is_done(unit.key):
                 bar.update(1)
                 stats["resumed"] += 1
                 store.append_log({"unit": unit.key, "status": "resumed", "process": pi})
                 continue
+            if unit.depends:                       # computed by other processes, maybe
+                hosts.wait(on_disk(unit.depends))
             t0 = time.time()
             try:
                 result = adapters.run_unit(unit, ctx)
@@ -339,8 +451,9 @@ def run_sweep(cfg: SweepConfig, *, progress: bool | None = None,
             else:
                 bar.log(line)
         bar.close()
-        _barrier(f"repsim-phase-{phase}")
     report_path = store.root / "report.html"
+    if pi == 0:
+        hosts.wait(on_disk([u.key for u in units]))
     if pi == 0 and write_report:
         from repsim_jax.sweep import report
         run_info = {"config_hash": chash, "devices": devices, "units": len(units),
@@ -350,7 +463,8 @@ def run_sweep(cfg: SweepConfig, *, progress: bool | None = None,
         atomic_write_text(store.root / "run_log.json", json.dumps(
             {**run_info, "unit_seconds": {u.key: store.unit_info(u.key).get("seconds")
                                           for u in units}}, indent=2))
-    _barrier("repsim-report")
+    tail = "" if pc == 1 else ("; report written by this process" if pi == 0 and write_report
+                               else "; process 0 writes the report")
     say(f"{stats['ran']} unit(s) computed, {stats['resumed']} resumed, "
-        f"{time.time() - t_start:.1f} s")
+        f"{time.time() - t_start:.1f} s{tail}")
     return report_path

@@ -1,17 +1,26 @@
-"""The output directory of a sweep: manifest, per-unit orbax checkpoints, atomic writes.
+"""The output directory of a sweep: manifest, per-unit result directories, atomic writes.
 
 Layout::
 
     OUT/manifest.json            configuration + its hash (written once, checked on resume)
-    OUT/units/<key>/             orbax checkpoint of one finished unit (arrays + JSON)
-    OUT/units/<key>.done.json    written (atomically) only after the checkpoint is final
+    OUT/units/<key>/             one finished unit: arrays.npz + meta.json
+    OUT/units/<key>.done.json    written (atomically) only after the unit directory is final
     OUT/log.jsonl                one line per unit executed or skipped (resume)
+    OUT/hosts/                   multi-process runs: heartbeat + state of each process
     OUT/arrays, tables, figures, report.html, run_log.json   (repsim_jax.sweep.report)
 
-Nothing half-written is trusted: orbax writes a checkpoint into a temporary directory and
-renames it when complete; the ``.done.json`` marker is written after that by
+Nothing half-written is trusted: a unit is written into a temporary directory (fsync'd)
+and renamed into place when complete; the ``.done.json`` marker is written after that by
 tmp-file + ``os.replace``. A unit is "finished" only when both exist, so a run killed at
 any instant leaves units that are either complete or ignored (and recomputed).
+
+Why not orbax for the units: every orbax checkpointer save runs multi-host barriers
+(``sync_global_processes`` while creating its temporary directories), even with
+``MultiprocessingOptions(active_processes={me})``: in a multi-process run the process that
+saves a unit alone blocks in a Gloo all-gather that the others never join. A unit is
+written by the one process that computed it, so it is written with plain numpy
+(``np.savez``, read back with ``allow_pickle=False``) - no collective, bit-exact.
+Directories written by earlier versions (orbax unit checkpoints) are still read.
 A full disk (``ENOSPC``/``EDQUOT``) becomes a :class:`SweepError` that says so.
 """
 from __future__ import annotations
@@ -88,15 +97,15 @@ def atomic_write_text(path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def _checkpointer():
+def _legacy_checkpointer():
+    """Reads unit checkpoints written by earlier versions (orbax), one process alone."""
     import jax
     import orbax.checkpoint as ocp
     kwargs = {}
     if jax.process_count() > 1:
-        # Units are saved by the one process that computed them (no cross-host barrier).
         me = jax.process_index()
         kwargs["multiprocessing_options"] = ocp.options.MultiprocessingOptions(
-            primary_host=me, active_processes={me})
+            primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"repsim-p{me}")
     return ocp.Checkpointer(ocp.CompositeCheckpointHandler(), **kwargs)
 
 
@@ -180,29 +189,37 @@ class Store:
             return False
 
     def save(self, key: str, result: dict[str, Any], info: dict[str, Any]) -> None:
-        """Checkpoints one unit's result (orbax), then marks it done (atomically).
+        """Writes one unit's result (temporary directory -> rename), then marks it done.
 
         ``result``: {"arrays": {name: array}, "tables": {name: [row dicts]},
         "figures": [figure specs], "meta": {...}}.
         """
-        import orbax.checkpoint as ocp
         path = self.units / key
         marker = self.units / f"{key}.done.json"
         marker.unlink(missing_ok=True)
-        if path.exists():
-            shutil.rmtree(path)
         names = sorted(result.get("arrays", {}))
         arrays = {f"a{i}": np.asarray(result["arrays"][n]) for i, n in enumerate(names)}
         meta = to_jsonable({"array_names": names, "tables": result.get("tables", {}),
                             "figures": result.get("figures", []),
                             "meta": result.get("meta", {})})
-        items = {"meta": ocp.args.JsonSave(meta)}
-        if arrays:
-            items["arrays"] = ocp.args.StandardSave(arrays)
-        if self._ckpt is None:
-            self._ckpt = _checkpointer()
+        tmp = self.units / f".{key}.tmp{os.getpid()}"
         with disk_errors(path):
-            self._ckpt.save(path, ocp.args.Composite(**items))
+            shutil.rmtree(tmp, ignore_errors=True)
+            try:
+                tmp.mkdir(parents=True)
+                with open(tmp / "arrays.npz", "wb") as f:
+                    np.savez(f, **arrays)
+                    f.flush()
+                    os.fsync(f.fileno())
+                with open(tmp / "meta.json", "w") as f:
+                    f.write(json.dumps(meta))
+                    f.flush()
+                    os.fsync(f.fileno())
+                if path.exists():
+                    shutil.rmtree(path)
+                os.replace(tmp, path)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
         atomic_write_text(marker, json.dumps(to_jsonable(
             {"config_hash": self.cfg_hash, "key": key, "n_arrays": len(arrays), **info})))
 
@@ -211,16 +228,22 @@ class Store:
         return json.loads((self.units / f"{key}.done.json").read_text())
 
     def load(self, key: str) -> dict[str, Any]:
-        import orbax.checkpoint as ocp
-        if self._ckpt is None:
-            self._ckpt = _checkpointer()
         marker = json.loads((self.units / f"{key}.done.json").read_text())
-        items = {"meta": ocp.args.JsonRestore()}
-        if marker.get("n_arrays", 0):
-            items["arrays"] = ocp.args.StandardRestore()
-        got = self._ckpt.restore(self.units / key, ocp.args.Composite(**items))
-        meta = got["meta"]
-        stored = got["arrays"] if marker.get("n_arrays", 0) else {}
+        path = self.units / key
+        if (path / "meta.json").is_file():
+            meta = json.loads((path / "meta.json").read_text())
+            with np.load(path / "arrays.npz", allow_pickle=False) as z:
+                stored = {k: z[k] for k in z.files}
+        else:   # a unit checkpoint of an earlier version (orbax)
+            import orbax.checkpoint as ocp
+            if self._ckpt is None:
+                self._ckpt = _legacy_checkpointer()
+            items = {"meta": ocp.args.JsonRestore()}
+            if marker.get("n_arrays", 0):
+                items["arrays"] = ocp.args.StandardRestore()
+            got = self._ckpt.restore(path, ocp.args.Composite(**items))
+            meta = got["meta"]
+            stored = got["arrays"] if marker.get("n_arrays", 0) else {}
         arrays = {n: np.asarray(stored[f"a{i}"]) for i, n in enumerate(meta["array_names"])}
         return {"arrays": arrays, "tables": meta["tables"], "figures": meta["figures"],
                 "meta": meta["meta"], "info": marker}

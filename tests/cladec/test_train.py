@@ -51,6 +51,15 @@ def test_alpha_sweep_in_parallel_equals_separate_runs(small):
                     jax.tree.leaves(single.groups[0].decoder_params)):
         np.testing.assert_allclose(np.asarray(a[i]), np.asarray(b[0]), rtol=1e-4, atol=1e-5)
     assert sweep.members == [("fc1", 0.0), ("fc1", 0.3), ("fc1", 0.9)]
+    # a named result: pytree, to_dict / save of the decoder weights by member
+    from repsim_jax._results import load_result
+    import tempfile
+    kind, back = load_result(sweep.save(tempfile.mkdtemp()))
+    assert kind == "CladecFit" and back["members"] == [["fc1", 0.0], ["fc1", 0.3], ["fc1", 0.9]]
+    saved = back["groups"][0]["decoder_params"]
+    assert len(saved) == len(jax.tree.leaves(g.decoder_params))
+    for a in jax.tree.leaves(g.decoder_params):
+        assert any(np.array_equal(np.asarray(a), b) for b in saved.values())
 
 
 def test_layers_with_equal_shapes_share_one_vmapped_group(small):

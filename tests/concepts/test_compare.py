@@ -1,7 +1,10 @@
 """Layer x layer comparison on synthetic "models" whose layers carry known concept families."""
+import jax
 import numpy as np
+import pytest
 
-from repsim_jax.concepts import ice_layer_similarity
+from repsim_jax._results import load_result
+from repsim_jax.concepts import LayerComparison, ice_layer_similarity
 
 
 def test_ice_layer_matrix_follows_planted_depth(tmp_path):
@@ -33,3 +36,14 @@ def test_ice_layer_matrix_follows_planted_depth(tmp_path):
     comp.plot(tmp_path / "m.png")
     comp.plot_relative_depth(tmp_path / "d.png")
     assert (tmp_path / "m.png").stat().st_size > 1000
+    # one named result type (a pytree with to_dict/save); the old 3-tuple still unpacks
+    assert isinstance(comp, LayerComparison) and comp.concepts_a is ca and comp.concepts_b is cb
+    assert comp.layers_a == tuple(acts_a) and comp.score("a2", "b5") == comp.matrix[2, 5]
+    with pytest.raises(KeyError, match="Did you mean"):
+        comp.score("a22", "b0")
+    assert jax.tree_util.tree_structure(comp).num_leaves > 2
+    kind, back = load_result(comp.save(tmp_path / "cmp"))
+    assert kind == "LayerComparison" and back["layers_b"] == list(acts_b)
+    np.testing.assert_array_equal(back["matrix"], comp.matrix)
+    np.testing.assert_array_equal(back["concepts_a"]["a1"]["components"],
+                                  np.asarray(ca["a1"].components))

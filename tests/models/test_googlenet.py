@@ -4,8 +4,9 @@ torchvision does not import here, so the reference below rebuilds its GoogLeNet
 (BasicConv2d / Inception / InceptionAux, ceil-mode pools, transform_input) in plain
 ``torch.nn`` with its module names. Random O(1)-scale weights and BatchNorm statistics go
 through a torch zip checkpoint and ``load_ported`` (the safe loader), then every named
-block - stem, every Inception block and its four branches, pools, fc and both auxiliary
-heads - is compared to 1e-4, with a guard that the reference has std in [0.2, 5].
+block - stem, every Inception block and its four branches, pools, fc (through
+``models.activations`` on images in [0, 1], so names and the ImageNet normalisation are
+pinned too) and both auxiliary heads (called directly) - is compared to 1e-4, with a guard that the reference has std in [0.2, 5].
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ torch = pytest.importorskip("torch")
 nn = torch.nn
 F = torch.nn.functional
 
-from repsim_jax.models import build, load_ported, port_torchvision  # noqa: E402
+from repsim_jax.models import (activations, build, list_layers, load_ported,  # noqa: E402
+                               port_torchvision)
 from repsim_jax.models.googlenet import transform_input  # noqa: E402
 from repsim_jax.models.port import PortError  # noqa: E402
 
@@ -156,31 +158,9 @@ def _sub(model, name):
     return m
 
 
-def _run_branch(branch, x):
-    if isinstance(branch, nnx.List):
-        for m in branch:
-            x = m(x)
-        return x
-    return branch(x)
-
-
 @nnx.jit
-def _ours(model, x):
-    """Every named block, by calling the submodules in torchvision's order."""
-    out = {}
-    y = transform_input(x)
-    for name in NAMES[:-1]:
-        if ".branch" in name:
-            out[name] = _run_branch(_sub(model, name), out["maxpool2"])
-            continue
-        y = out[name] = _sub(model, name)(y)
-        if name == "inception4a":
-            out["aux1"] = model.aux1(y)
-        if name == "inception4d":
-            out["aux2"] = model.aux2(y)
-    out["fc"] = model.fc(out["avgpool"].reshape(x.shape[0], -1))   # dropout: identity
-    out["logits"] = model(x)
-    return out
+def _aux(model, a4a, a4d):
+    return {"aux1": model.aux1(a4a), "aux2": model.aux2(a4d)}
 
 
 def test_every_block_matches_torch(pair):
@@ -201,7 +181,13 @@ def test_every_block_matches_torch(pair):
         ref["aux2"] = tm.aux2(ref["inception4d"].clone())
     for h in hooks:
         h.remove()
-    ours = _ours(model, jnp.asarray(x))
+    names = list_layers(model)
+    top = [n for n in NAMES if "." not in n]
+    assert [n for n in names if n in top] == top              # torchvision's names, in order
+    assert set(NAMES) <= set(names)
+    assert not any(n.startswith("aux") for n in names)        # off at evaluation: never run
+    ours = dict(activations(model, x01, NAMES + ["logits"]))  # ImageNet normalisation inside
+    ours.update(_aux(model, jnp.asarray(ours["inception4a"]), jnp.asarray(ours["inception4d"])))
     for name in NAMES + ["aux1", "aux2"]:
         r = ref[name].numpy()
         if r.ndim == 4:

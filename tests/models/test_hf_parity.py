@@ -11,17 +11,16 @@ always), to 1e-4, with a guard that the reference block has std in [0.2, 5].
 """
 from __future__ import annotations
 
-import functools
 import json
+import re
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from repsim_jax import models  # noqa: E402
 from repsim_jax.models import hf  # noqa: E402
 from repsim_jax.models.port import PortError, WeightsFileError, load_state_dict, \
     save_safetensors  # noqa: E402
@@ -131,34 +130,59 @@ def convnext(tmp_path_factory):
 
 # ----------------------------------------------------------------------------- parity
 
-def transformer_blocks(m, pv, layers_attr, final_norm):
-    """(name, output) of embeddings, each block and the final norm, calling submodules
-    (in one jit-compiled function)."""
-    out = _blocks(m, jnp.asarray(pv), layers_attr, final_norm)
-    n = len(m.encoder.layers if layers_attr == "layers" else m.encoder.layer)
-    order = ["embeddings", "pre_layrnorm", *map(str, range(n)), "layernorm", "output",
-             "pooler", "post_layernorm"]
-    return [(int(k) if k.isdigit() else k, out[k]) for k in order if k in out]
+def _vit_names(n):
+    """Our (classic transformers) layer name -> transformers 5's in-memory module path."""
+    n = re.sub(r"^(vit\.)?encoder\.layer\.(\d+)", r"\1layers.\2", n)
+    for a, b in ((r"attention\.attention\.query$", "attention.q_proj"),
+                 (r"attention\.attention\.key$", "attention.k_proj"),
+                 (r"attention\.attention\.value$", "attention.v_proj"),
+                 (r"attention\.output\.dense$", "attention.o_proj"),
+                 (r"intermediate\.dense$", "mlp.fc1"), (r"intermediate$", "mlp.activation_fn"),
+                 (r"\.output\.dense$", ".mlp.fc2"), (r"\.output$", "")):
+        n = re.sub(a, b, n)
+    return n
 
 
-@functools.partial(nnx.jit, static_argnums=(2, 3))
-def _blocks(m, pv, layers_attr, final_norm):
-    layers = m.encoder.layers if layers_attr == "layers" else m.encoder.layer
-    final_norm = m.layernorm if final_norm else None
-    out = {"embeddings": m.embeddings(pv)}
-    h = out["embeddings"]
-    if hasattr(m, "pre_layrnorm"):
-        h = out["pre_layrnorm"] = m.pre_layrnorm(h)
-    for i, blk in enumerate(layers):
-        h = out[str(i)] = blk(h)
-    if final_norm is not None:
-        out["layernorm"] = final_norm(h)
-    out["output"] = m(pv)
-    if getattr(m, "pooler", None) is not None:
-        out["pooler"] = m.pooler(out["layernorm"])
-    if hasattr(m, "post_layernorm"):
-        out["post_layernorm"] = m.post_layernorm(h[:, 0])
-    return out
+def _dinov2_names(n):
+    for a, b in ((r"attention\.attention\.query$", "attention.q_proj"),
+                 (r"attention\.attention\.key$", "attention.k_proj"),
+                 (r"attention\.attention\.value$", "attention.v_proj"),
+                 (r"attention\.output\.dense$", "attention.o_proj"),
+                 (r"mlp\.weights_out$", "mlp.down_proj")):
+        n = re.sub(a, b, n)
+    return n
+
+
+def compare_all(tm, model, x, rename=lambda n: n, **kw):
+    """Every layer of ``model`` that has a transformers module (after ``rename``) against
+    that module's output (forward hooks), through ``models.activations`` on images in
+    [0, 1] (the port's preprocessing applied inside). Returns (our names, compared names,
+    our activations, transformers' outputs)."""
+    names = models.list_layers(model, input_shape=(*x.shape[1:3], 3))
+    modules = dict(tm.named_modules())
+    targets = {n: rename(n) for n in names if rename(n) in modules}
+    ref, hooks = {}, []
+    for n, h in targets.items():
+        def hook(mod, inp, out, n=n):
+            out = out[0] if isinstance(out, (tuple, transformers.utils.ModelOutput)) else out
+            ref[n] = out.detach().clone()
+        hooks.append(modules[h].register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            out = tm(pixel_values(x), output_hidden_states=True, **kw)
+    finally:
+        for h in hooks:
+            h.remove()
+    targets = {n: h for n, h in targets.items() if n in ref}   # modules that ran
+    ours = models.activations(model, x, list(targets) + ["logits"])
+    for n in targets:
+        r = ref[n]
+        # transformers' convolutional outputs are NCHW (ours NHWC), except inside a ConvNeXt
+        # block between its two permutes
+        if r.ndim == 4 and not re.search(r"layers\.\d+\.(layernorm|pwconv1|pwconv2)$", n):
+            r = r.permute(0, 2, 3, 1)
+        close(n, ours[n], r)
+    return names, set(targets), ours, out
 
 
 @pytest.mark.parametrize("hw", SIZES)
@@ -166,18 +190,19 @@ def test_vit_every_block(vit, hw):
     tm, path = vit
     model = hf.load_hf(path)
     x = images(hw)
-    with torch.no_grad():
-        ref = tm(pixel_values(x), output_hidden_states=True, interpolate_pos_encoding=True)
-    pv = model.preprocess.normalize(x)
-    blocks = dict(transformer_blocks(model, pv, "layer", True))
-    hs = ref.hidden_states
-    assert len(hs) == 1 + len(model.encoder.layer)
-    close("embeddings", blocks["embeddings"], hs[0])
-    for i in range(len(model.encoder.layer)):
-        close(f"encoder.layer.{i}", blocks[i], hs[1 + i])
-    close("layernorm", blocks["layernorm"], ref.last_hidden_state)
-    close("pooler", blocks["pooler"], ref.pooler_output)
-    close("output", blocks["output"], ref.last_hidden_state)
+    names, done, ours, ref = compare_all(tm, model, x, _vit_names, interpolate_pos_encoding=True)
+    blocks = ["embeddings", "encoder.layer.0", "encoder.layer.1", "layernorm", "pooler"]
+    assert [n for n in names if n in blocks] == blocks and set(blocks) <= done
+    for i in range(2):   # every part of a block has its transformers counterpart
+        assert {f"encoder.layer.{i}.{p}" for p in (
+            "layernorm_before", "attention", "attention.attention.query",
+            "attention.attention.key", "attention.attention.value", "attention.output.dense",
+            "layernorm_after", "intermediate.dense", "intermediate", "output.dense")} <= done
+    for i, h in enumerate(ref.hidden_states):   # and the hidden_states tuple
+        close(blocks[i], ours[blocks[i]], h)
+    close("logits", ours["logits"], ref.last_hidden_state)
+    n_patches = (hw[0] // 8) * (hw[1] // 8)
+    assert ours["layernorm"].shape == (3, 1 + n_patches, 32)
 
 
 @pytest.mark.parametrize("hw", SIZES)
@@ -185,16 +210,11 @@ def test_vit_classification_every_block(vit_cls, hw):
     tm, path = vit_cls
     model = hf.load_hf(path)
     assert model.hf_architecture == "ViTForImageClassification"
-    x = images(hw)
-    with torch.no_grad():
-        ref = tm(pixel_values(x), output_hidden_states=True, interpolate_pos_encoding=True)
-    pv = model.preprocess.normalize(x)
-    v = model.vit
-    assert v.pooler is None
-    blocks = transformer_blocks(v, pv, "layer", True)
-    for (name, ours), r in zip(blocks, ref.hidden_states):
-        close(f"vit.{name}", ours, r)
-    close("logits", nnx.jit(lambda m, x: m(x))(model, pv), ref.logits)
+    names, done, ours, ref = compare_all(tm, model, images(hw), _vit_names,
+                                         interpolate_pos_encoding=True)
+    assert {"vit.embeddings", "vit.encoder.layer.1", "vit.layernorm", "classifier"} <= done
+    assert not any(n.startswith("vit.pooler") for n in names)
+    close("logits", ours["logits"], ref.logits)
 
 
 @pytest.mark.parametrize("hw", SIZES)
@@ -202,67 +222,57 @@ def test_vit_classification_every_block(vit_cls, hw):
 def test_dinov2_every_block(which, hw, request):
     tm, path = request.getfixturevalue(which)
     model = hf.load_hf(path)
-    x = images(hw)
-    with torch.no_grad():
-        ref = tm(pixel_values(x), output_hidden_states=True)
-    pv = model.preprocess.normalize(x)
-    blocks = transformer_blocks(model, pv, "layer", True)
-    hs = ref.hidden_states
-    assert len(hs) == 1 + len(model.encoder.layer)
-    for (name, ours), r in zip(blocks, hs):
-        close(str(name), ours, r)
-    blocks = dict(blocks)
-    close("layernorm", blocks["layernorm"], ref.last_hidden_state)
-    close("output", blocks["output"], ref.last_hidden_state)
+    names, done, ours, ref = compare_all(tm, model, images(hw), _dinov2_names)
+    blocks = ["embeddings", "encoder.layer.0", "encoder.layer.1", "layernorm"]
+    assert set(blocks) <= done
+    for i in range(2):
+        parts = ["norm1", "attention", "attention.attention.query", "attention.output.dense",
+                 "layer_scale1", "norm2", "mlp", "layer_scale2"]
+        parts += ["mlp.weights_out"] if which == "dino_reg" else ["mlp.fc1", "mlp.fc2"]
+        assert {f"encoder.layer.{i}.{p}" for p in parts} <= done
+    for i, h in enumerate(ref.hidden_states):
+        close(blocks[i], ours[blocks[i]], h)
+    close("logits", ours["logits"], ref.last_hidden_state)
     regs = 3 if which == "dino_reg" else 0
     assert model.num_register_tokens == regs and model.num_prefix_tokens == 1 + regs
     n_patches = (hw[0] // 8) * (hw[1] // 8)
-    assert blocks["layernorm"].shape[1] == 1 + regs + n_patches
+    assert ours["layernorm"].shape[1] == 1 + regs + n_patches
 
 
 @pytest.mark.parametrize("hw", SIZES)
 def test_clip_vision_every_block(clip, hw):
     tm, path = clip
     model = hf.load_hf(path)
-    x = images(hw)
-    with torch.no_grad():
-        ref = tm(pixel_values(x), output_hidden_states=True, interpolate_pos_encoding=True)
-    pv = model.preprocess.normalize(x)
-    blocks = dict(transformer_blocks(model, pv, "layers", False))
-    hs = ref.hidden_states
-    # transformers' hidden_states: encoder input (after pre_layrnorm), then every layer
-    assert len(hs) == 1 + len(model.encoder.layers)
-    close("pre_layrnorm", blocks["pre_layrnorm"], hs[0])
-    for i in range(len(model.encoder.layers)):
-        close(f"encoder.layers.{i}", blocks[i], hs[1 + i])
-    close("post_layernorm", blocks["post_layernorm"], ref.pooler_output)
-    close("output", blocks["output"], ref.last_hidden_state)
+    names, done, ours, ref = compare_all(tm, model, images(hw), interpolate_pos_encoding=True)
+    blocks = ["embeddings", "pre_layrnorm", "encoder.layers.0", "encoder.layers.1",
+              "post_layernorm"]
+    assert [n for n in names if n in blocks] == blocks and set(blocks) <= done
+    assert {f"encoder.layers.1.{p}" for p in ("layer_norm1", "self_attn", "self_attn.q_proj",
+                                              "self_attn.out_proj", "layer_norm2", "mlp",
+                                              "mlp.fc1", "mlp.fc2")} <= done
+    # transformers' hidden_states: the encoder input (after pre_layrnorm), then every layer
+    for name, h in zip(blocks[1:4], ref.hidden_states):
+        close(name, ours[name], h)
+    close("post_layernorm", ours["post_layernorm"], ref.pooler_output)
+    close("logits", ours["logits"], ref.last_hidden_state)
 
 
 @pytest.mark.parametrize("hw", SIZES)
 def test_convnext_every_block(convnext, hw):
     tm, path = convnext
     model = hf.load_hf(path)
-    x = images(hw)
-    with torch.no_grad():
-        ref = tm(pixel_values(x), output_hidden_states=True)
-        pooled = tm.convnext(pixel_values(x)).pooler_output
-    ours = _convnext_blocks(model, jnp.asarray(model.preprocess.normalize(x)))
-    hs = [r.permute(0, 2, 3, 1) for r in ref.hidden_states]   # NCHW -> NHWC
-    close("convnext.embeddings", ours[0], hs[0])
-    for i in range(len(model.convnext.encoder.stages)):
-        close(f"convnext.encoder.stages.{i}", ours[1 + i], hs[1 + i])
-    close("convnext.layernorm", ours[-2], pooled)
-    close("logits", ours[-1], ref.logits)
-
-
-@nnx.jit
-def _convnext_blocks(model, pv):
-    c = model.convnext
-    out = [c.embeddings(pv)]
-    for stage in c.encoder.stages:
-        out.append(stage(out[-1]))
-    return out + [c.layernorm(out[-1].mean(axis=(1, 2))), model(pv)]
+    names, done, ours, ref = compare_all(tm, model, images(hw))
+    blocks = ["convnext.embeddings", "convnext.encoder.stages.0", "convnext.encoder.stages.1",
+              "convnext.encoder.stages.2", "convnext.layernorm", "classifier"]
+    assert set(blocks) <= done
+    assert {"convnext.encoder.stages.1.downsampling_layer.0",
+            "convnext.encoder.stages.1.downsampling_layer.1",
+            "convnext.encoder.stages.1.layers.1.dwconv", "convnext.encoder.stages.1.layers.1",
+            "convnext.encoder.stages.1.layers.1.pwconv1"} <= done
+    for name, h in zip(blocks, ref.hidden_states):     # NCHW -> NHWC
+        close(name, ours[name], h.permute(0, 2, 3, 1))
+    assert ours["convnext.encoder.stages.2"].shape == (3, hw[0] // 16, hw[1] // 16, 24)
+    close("logits", ours["logits"], ref.logits)
 
 
 # ----------------------------------------------------------------------------- errors
@@ -395,7 +405,20 @@ def test_clip_model_checkpoint_gives_its_vision_tower(tmp_path_factory):
         ref = tm.get_image_features(pixel_values(x))
         ref = getattr(ref, "pooler_output", ref)
         hidden = tm.vision_model(pixel_values(x)).last_hidden_state
-    pv = jnp.asarray(model.preprocess.normalize(x))
-    emb = nnx.jit(lambda m, v: (m(v), m.vision_model(v)[0]))(model, pv)
-    close("visual_projection", emb[0], ref)
-    close("vision_model", emb[1], hidden)
+    ours = models.activations(model, x, ["logits", "vision_model", "visual_projection"])
+    close("visual_projection", ours["visual_projection"], ref)
+    close("logits", ours["logits"], ref)
+    close("vision_model", ours["vision_model"], hidden)
+
+
+def test_dinov2_registers_classification_logits(tmp_path_factory):
+    tm, path = make(tmp_path_factory, "dinoregcls",
+                    transformers.Dinov2WithRegistersForImageClassification,
+                    dinov2_config(transformers.Dinov2WithRegistersConfig,
+                                  num_register_tokens=2, num_labels=3))
+    model = hf.load_hf(path)
+    assert model.hf_architecture == "Dinov2WithRegistersForImageClassification"
+    x = images(SIZES[1])
+    with torch.no_grad():
+        ref = tm(pixel_values(x)).logits
+    close("logits", models.activations(model, x, ["logits"])["logits"], ref)

@@ -51,7 +51,7 @@ def test_lfw_faces_vs_nonfaces_auc(weights_dir, lfw, name, size):
     from sklearn.metrics import roc_auc_score
     at, labels = lfw
     model = load_mtcnn(name, weights_dir / f"{name}.pt")
-    x = mtcnn_normalize(at(size))
+    x = at(size)          # in [0, 1]: the net's own preprocess normalises it
     p_face = np.asarray(jax.nn.softmax(forward(model, x), axis=-1)[:, 1])
     auc = roc_auc_score(labels, p_face)
     MEASURED[name] = auc
@@ -127,14 +127,15 @@ def test_ported_mtcnn_matches_torch_reference(weights_dir, lfw):
         path = weights_dir / f"{name}.pt"
         tnet = tcls().eval()
         tnet.load_state_dict(torch.load(path, weights_only=True))
-        x = np.array(mtcnn_normalize(at(size)[::10]))
+        x = at(size)[::10]    # activations normalise it (the net's preprocess); torch gets
+        xt = np.array(mtcnn_normalize(x))   # facenet-pytorch's normalised input
         out = {}
         for n, mod in tnet.named_modules():
             if n:
                 mod.register_forward_hook(
                     lambda m, i, o, n=n: out.__setitem__(n, o.detach().clone()))
         with torch.no_grad():
-            tnet(torch.from_numpy(x).permute(0, 3, 1, 2))
+            tnet(torch.from_numpy(xt).permute(0, 3, 1, 2))
         model = load_mtcnn(name, path)
         names = list_layers(model)
         assert set(names) == set(out)

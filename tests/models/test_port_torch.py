@@ -270,9 +270,13 @@ def test_port_matches_torch_on_every_layer(name, size, tmp_path):
     assert set(exported) == {k for k in ref_np if not k.endswith("num_batches_tracked")}
     assert all(np.array_equal(exported[k], ref_np[k]) for k in exported)
 
+    # images in [0, 1]; the port applies torchvision's normalisation itself (its
+    # preprocess), torch gets the normalised tensor as torchvision's transforms give it
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((2, size, size, 3)).astype(np.float32)
-    t_logits, t_layers = torch_layers(tmodel, torch.from_numpy(x).permute(0, 3, 1, 2))
+    x = rng.random((2, size, size, 3), np.float32)
+    assert model.preprocess.mean == (0.485, 0.456, 0.406)
+    xt = (x - np.float32([0.485, 0.456, 0.406])) / np.float32([0.229, 0.224, 0.225])
+    t_logits, t_layers = torch_layers(tmodel, torch.from_numpy(xt).permute(0, 3, 1, 2))
 
     names = list_layers(model)
     assert set(names) == set(t_layers), (set(names) ^ set(t_layers))

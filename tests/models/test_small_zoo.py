@@ -1,5 +1,6 @@
 """Small CNNs (SmallVGG / SmallResNet), the optax trainer and the trained-model zoo."""
 import json
+import shutil
 import threading
 import warnings
 
@@ -114,10 +115,18 @@ def test_cache_lock_and_corruption(tmp_path):
     np.testing.assert_allclose(capture.forward(m1, x), capture.forward(m2, x), atol=1e-5)
     entry = zoo.entry_dir("small_vgg", TINY, root=tmp_path, train_size=64)
     assert i1["path"] == str(entry) and json.loads((entry / "info.json").read_text())
-    # corrupt every array file of the checkpoint -> warning + retrain
-    for f in (entry / "checkpoint").rglob("*"):
-        if f.is_file() and f.stat().st_size > 64 and "metadata" not in f.name:
-            f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    # an entry of an earlier version (orbax checkpoint/, no state.npz) is still read
+    import orbax.checkpoint as ocp
+    with ocp.StandardCheckpointer() as ckpt:
+        ckpt.save(entry / "checkpoint", nnx.state(m1).to_pure_dict())
+    good = (entry / "state.npz").read_bytes()
+    (entry / "state.npz").unlink()
+    m_old, i_old = zoo._load_or_train("small_vgg", TINY, root=tmp_path, train_size=64)
+    assert i_old["cached"]
+    np.testing.assert_array_equal(capture.forward(m_old, x), capture.forward(m1, x))
+    shutil.rmtree(entry / "checkpoint")
+    # a truncated weight file -> warning + retrain
+    (entry / "state.npz").write_bytes(good[: len(good) // 2])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         m3, i3 = zoo._load_or_train("small_vgg", TINY, root=tmp_path, train_size=64,

@@ -121,10 +121,13 @@ def test_sharded_batch_matches_single_device():
                          devices=jax.devices()[:4])
     kw = dict(smooth_steps=6, sharp_steps=3, progress=False)
     plain = masks.optimise_masks(logits_fn, imgs, np.zeros(4, int), **kw)
-    sharded = masks.optimise_masks(logits_fn, imgs, np.zeros(4, int),
-                                   sharding=NamedSharding(mesh, P("data")), **kw)
+    sharded = masks.optimise_masks(logits_fn, imgs, np.zeros(4, int), mesh=mesh, **kw)
     np.testing.assert_allclose(sharded.sharp, plain.sharp, atol=1e-5)
     np.testing.assert_allclose(sharded.sharp_prob, plain.sharp_prob, atol=1e-5)
+    with pytest.warns(DeprecationWarning, match="sharding"):   # the old name, one release
+        old = masks.optimise_masks(logits_fn, imgs, np.zeros(4, int),
+                                   sharding=NamedSharding(mesh, P("data")), **kw)
+    np.testing.assert_array_equal(old.sharp, sharded.sharp)
 
 
 def test_mean_baseline_replaces_pixels_by_channel_means():

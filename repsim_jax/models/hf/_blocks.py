@@ -114,13 +114,14 @@ class LayerNorm(nnx.Module):
 
 
 class Embedding(nnx.Module):
-    """``torch.nn.Embedding`` table (num, dim); only its full table is used here."""
+    """``torch.nn.Embedding`` table (num, dim), looked up at ``arange(num)`` as transformers
+    does for position ids: returns (1, num, dim)."""
 
     def __init__(self, num: int, dim: int, *, rngs: nnx.Rngs):
         self.weight = nnx.Param(_normal(rngs, (num, dim), 1.0))
 
     def __call__(self):
-        return self.weight[...]
+        return self.weight[...][None]
 
 
 class Identity(nnx.Module):

@@ -27,6 +27,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import nnx
 
+from repsim_jax._checks import InputError
 from repsim_jax.models.hf._blocks import (Conv2d, Embedding, LayerNorm, Linear, _normal,
                                           activation, attention)
 from repsim_jax.models.hf.vit import _pair, interpolate_positions
@@ -94,7 +95,6 @@ class CLIPVisionEmbeddings(nnx.Module):
         self.position_embedding = Embedding(n_pos, d, rngs=rngs)
 
     def __call__(self, x):
-        from repsim_jax._checks import InputError
         if x.shape[1] < self.patch_size[0] or x.shape[2] < self.patch_size[1]:
             raise InputError(f"images of {x.shape[1]}x{x.shape[2]} px are smaller than one "
                              f"{self.patch_size[0]}x{self.patch_size[1]} patch")
@@ -103,7 +103,7 @@ class CLIPVisionEmbeddings(nnx.Module):
         tokens = y.reshape(n, n_h * n_w, d)
         cls = jnp.broadcast_to(self.class_embedding[...], (n, 1, d))
         z = jnp.concatenate([cls, tokens], axis=1)
-        pos = self.position_embedding()[None]
+        pos = self.position_embedding()
         return z + interpolate_positions(pos, n_h, n_w, x.shape[1] == x.shape[2])
 
 
