@@ -9,6 +9,15 @@ BLAS/torch threads at 1 (its fastest setting here) and, for lapjv, also at the d
 Timings exclude jit compilation (each configuration runs once to warm up, then is timed).
 
     python benchmarks/bench_semantic.py [--quick] [--out PATH] [--peer PATH/TO/semantic_rsm]
+    python benchmarks/bench_semantic.py --trained [--n 32] [--peer PATH]   # trained features
+
+``--trained``: activations of the built-in trained models (small_vgg features.15/.11/.7,
+small_resnet layer3/layer2: S = 16, 64, 256) and the tokens of a random-init tiny ViT built
+and run by transformers (S = 64 patch tokens, CLS dropped), N images of the built-in test
+set; every matcher's time, max / mean cosine-RSM error against exact, the largest certified
+bound and the exact fraction (certified matchers), ratios against exact and the official
+code in the same run; and ott-jax's Sinkhorn on the same cost matrices as ours (time at
+equal rounding quality; ott-jax is a benchmark-only dependency).
 """
 from __future__ import annotations
 
@@ -24,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from repsim_jax.semantic import host_solver_name, rsm
-from repsim_jax.semantic.matching import _host_solver
+from repsim_jax.semantic.solvers.exact import host_solver as _host_solver
 
 KERNELS = ("inner", "cosine", "rbf")
 
@@ -77,6 +86,23 @@ def scipy_loop(x):
 _PEER_SCRIPT = """
 import os, sys, time, numpy as np
 sys.path.insert(0, os.path.join(sys.argv[1], "src"))
+try:                # only its OR-tools matcher needs ortools; the lapjv/hungarian runs do not
+    import ortools.graph.python.linear_sum_assignment  # noqa: F401
+except ImportError:
+    import types
+    for name in ("ortools", "ortools.graph", "ortools.graph.python",
+                 "ortools.graph.python.linear_sum_assignment"):
+        sys.modules[name] = types.ModuleType(name)
+    sys.modules["ortools.graph.python"].linear_sum_assignment = sys.modules[
+        "ortools.graph.python.linear_sum_assignment"]
+import types
+for name in ("seaborn", "loguru"):   # imported by its modules for plots and logging only
+    try:
+        __import__(name)
+    except ImportError:
+        mod = sys.modules[name] = types.ModuleType(name)
+        mod.logger = types.SimpleNamespace(**{k: (lambda *a, **kw: None) for k in (
+            "info", "debug", "warning", "error")})
 from srsm.core import bipartite_matching as bm, sim_calc, sim_func
 x = np.load(sys.argv[2])
 matcher = {"lapjv": bm.lapjv_match, "hungarian": bm.hungarian_match}[sys.argv[3]]
@@ -190,6 +216,158 @@ def bench_config(n, s, c, matchers, args, results):
     sys.stdout.flush()
 
 
+def trained_features(n):
+    """{name: (N, S, C)} activations of the trained built-in models and a tiny ViT."""
+    from pathlib import Path as _P
+    warm = _P(os.environ.get("REPSIM_CACHE", _P.home() / ".cache" / "repsim_jax")) / "WARM"
+    for _ in range(120):                       # the model cache may still be filling
+        if warm.exists() or not warm.parent.exists():
+            break
+        time.sleep(5)
+    from repsim_jax.data import shapes
+    from repsim_jax.models import activations, zoo
+    data = shapes.load("test")
+    images = np.asarray(data.images[:n])
+    out = {}
+    for model_name, layers in (("small_vgg", ("features.15", "features.11", "features.7")),
+                               ("small_resnet", ("layer3", "layer2"))):
+        model, _ = zoo.load_trained(model_name)
+        acts = activations(model, images, list(layers))
+        for l in layers:
+            a = np.asarray(acts[l], np.float32)
+            out[f"{model_name} {l}"] = a.reshape(n, -1, a.shape[-1])
+    try:
+        import torch
+        from transformers import ViTConfig, ViTModel
+        torch.manual_seed(0)
+        cfg = ViTConfig(image_size=64, patch_size=8, hidden_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, intermediate_size=128)
+        vit = ViTModel(cfg).eval()        # random init (no weights downloaded): tokens of a
+        with torch.no_grad():             # ported-ViT-shaped model, computed by transformers
+            px = torch.from_numpy(np.transpose(images, (0, 3, 1, 2)).copy()).float()
+            tok = vit(pixel_values=(px - 0.5) / 0.5).last_hidden_state.numpy()
+        out["vit-tiny tokens (transformers)"] = tok[:, 1:].astype(np.float32)
+    except Exception as e:  # noqa: BLE001 - optional row
+        print(f"ViT tokens skipped: {e!r}")
+    return out
+
+
+def ott_sinkhorn_row(x, pairs=64, eps_end=2e-3):
+    """Our log-domain Sinkhorn vs ott-jax's on the same (centred, range-scaled) cost matrices
+    of ``pairs`` pairs: time and rounding quality (greedy on each plan), mean score/exact."""
+    import functools
+    from ott.geometry import geometry
+    from ott.solvers import linear
+    from repsim_jax.semantic.host import solve_exact_host
+    from repsim_jax.semantic.solvers.greedy import greedy_matching
+    from repsim_jax.semantic.solvers.sinkhorn import sinkhorn_solve
+    n, s, _ = x.shape
+    ii, jj = np.tril_indices(n, -1)
+    sel = np.linspace(0, ii.size - 1, min(pairs, ii.size)).astype(int)
+    cost = np.einsum("psc,ptc->pst", x[ii[sel]], x[jj[sel]])
+    m = cost - cost.mean(1, keepdims=True)
+    m = m / (m.max(2) - m.min(2)).max((1,), keepdims=True)[..., None]
+    m = jnp.asarray(m, jnp.float32)
+    best = np.array([c[np.arange(s), p].sum() for c, p in zip(
+        np.asarray(m, np.float64), solve_exact_host(np.asarray(m)))])
+
+    @jax.jit
+    def ours(m):
+        return jax.vmap(lambda c: sinkhorn_solve(c)[0])(m)
+
+    @functools.partial(jax.jit, static_argnames=("eps",))
+    def theirs(m, eps):
+        def one(c):
+            geom = geometry.Geometry(cost_matrix=-c, epsilon=eps)
+            out = linear.solve(geom, threshold=1e-2 / s, max_iterations=2000)
+            return greedy_matching(jnp.log(jnp.maximum(out.matrix, 1e-30)))
+        return jax.vmap(one)(m)
+
+    rows = []
+    for name, fn in (("sinkhorn (repsim_jax)", lambda: ours(m)),
+                     (f"ott-jax sinkhorn eps={eps_end}", lambda: theirs(m, eps_end)),
+                     ("ott-jax sinkhorn eps=1e-2", lambda: theirs(m, 1e-2))):
+        jax.block_until_ready(fn())
+        t, perm = timed(lambda: jax.block_until_ready(fn()))
+        perm = np.asarray(perm)
+        sc = np.array([c[np.arange(s), p].sum() for c, p in zip(np.asarray(m, np.float64), perm)])
+        rows.append(dict(method=name, seconds=t, pairs=int(sel.size),
+                         rounding_quality=float(np.mean(sc / best))))
+    return rows
+
+
+def bench_trained(args, results):
+    feats = trained_features(args.n)
+    matchers = [("exact", {}), ("auction", {"tol": 1e-3}), ("auction[uncertified]", {"tol": None}),
+                ("sinkhorn", {}), ("window", {"size": 128})]
+    if args.matchers:
+        keep = set(args.matchers.split(","))
+        matchers = [m for m in matchers if m[0] in keep]
+    for name, x in feats.items():
+        n, s, c = x.shape
+        rows = []
+        exact = None
+        for mname, opts in matchers:
+            if mname == "sinkhorn" and s * s * n * (n - 1) / 2 > 64 * 64 * 500 and not args.full:
+                rows.append(dict(method=mname, seconds=None,
+                                 note="slower than exact on CPU; --full to time it"))
+                continue
+            call = lambda: rsm(x, kernel=("cosine", "rbf"), matcher=mname.split("[")[0],  # noqa
+                               progress=False, return_info=True, mesh=None, **opts)
+            t_first, info = timed(call)
+            t, info = timed(call) if t_first < 20 else (t_first, info)
+            if mname == "exact":
+                exact = info.rsm
+            err = np.abs(info.rsm["cosine"] - exact["cosine"])
+            err_rbf = np.abs(info.rsm["rbf"] - exact["rbf"])
+            bound = None if info.bound is None else float(
+                max(info.bound["cosine"].max(), info.bound["rbf"].max()))
+            rows.append(dict(method=mname, seconds=t, max_err=float(max(err.max(),
+                                                                         err_rbf.max())),
+                             mean_err=float(err[~np.eye(n, dtype=bool)].mean()),
+                             bound=bound, exact_fraction=info.exact_fraction))
+        if args.peer and s <= 256:
+            try:
+                t, _ = peer_run(args.peer, x, "lapjv", 1)
+                rows.append(dict(method="official lapjv (1 thread)", seconds=t))
+            except Exception as e:  # noqa: BLE001
+                rows.append(dict(method="official lapjv (1 thread)", seconds=None,
+                                 error=repr(e)[-300:]))
+        t_ex = rows[0]["seconds"]
+        peer = next((r["seconds"] for r in rows if r["method"].startswith("official")
+                     and r.get("seconds")), None)
+        for r in rows:
+            if r.get("seconds"):
+                r["x_vs_exact"] = t_ex / r["seconds"]
+                r["x_vs_official"] = peer / r["seconds"] if peer else None
+        ott_rows = []
+        if not args.no_ott:
+            try:
+                ott_rows = ott_sinkhorn_row(x, pairs=64 if s <= 64 else 12)
+            except Exception as e:  # noqa: BLE001
+                ott_rows = [dict(method="ott-jax", error=repr(e)[-300:])]
+        results.append(dict(features=name, N=n, S=s, C=c, pairs=n * (n - 1) // 2, rows=rows,
+                            sinkhorn_vs_ott=ott_rows))
+        print(f"\n{name}: N={n} S={s} C={c} ({n * (n - 1) // 2} pairs), load "
+              f"{os.getloadavg()[0]:.1f}")
+        print(f"{'method':28s} {'seconds':>8s} {'max err':>9s} {'mean err':>9s} {'bound':>9s} "
+              f"{'exact%':>7s} {'vs exact':>8s} {'vs off.':>8s}")
+        fmt = lambda v, f: (f % v) if v is not None else "-"  # noqa: E731
+        for r in rows:
+            if r.get("seconds") is None:
+                print(f"{r['method']:28s} {'-':>8s}  ({r.get('note', r.get('error'))})")
+                continue
+            print(f"{r['method']:28s} {fmt(r.get('seconds'), '%8.3f')} "
+                  f"{fmt(r.get('max_err'), '%9.2e')} {fmt(r.get('mean_err'), '%9.2e')} "
+                  f"{fmt(r.get('bound'), '%9.2e')} "
+                  f"{fmt(None if r.get('exact_fraction') is None else 100 * r['exact_fraction'], '%6.1f%%')} "
+                  f"{fmt(r.get('x_vs_exact'), '%7.2fx')} {fmt(r.get('x_vs_official'), '%7.2fx')}")
+        for r in ott_rows:
+            print(f"  {r['method']:34s} {fmt(r.get('seconds'), '%8.3f')} s, rounding quality "
+                  f"{fmt(r.get('rounding_quality'), '%.4f')} ({r.get('pairs')} pairs)")
+        sys.stdout.flush()
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes (< 1 min)")
@@ -198,11 +376,29 @@ def main(argv=None):
     ap.add_argument("--peer", default=None, help="checkout of TaWald/semantic_rsm")
     ap.add_argument("--configs", default=None, help="e.g. 64x196,16x784 (N x S)")
     ap.add_argument("--matchers", default=None, help="comma list of rows, e.g. exact,window")
+    ap.add_argument("--trained", action="store_true", help="rows on trained features")
+    ap.add_argument("--n", type=int, default=32, help="images for --trained")
+    ap.add_argument("--no-ott", action="store_true", help="skip the ott-jax comparison")
     args = ap.parse_args(argv)
+    if args.trained:
+        results = []
+        load_before = os.getloadavg()
+        bench_trained(args, results)
+        out = Path(args.out if args.out != "benchmarks/results/semantic.json"
+                   else "benchmarks/results/semantic_trained.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(dict(host_solver=host_solver_name(),
+                                       backend=jax.default_backend(), cpu_count=os.cpu_count(),
+                                       load_average_before=load_before,
+                                       load_average_after=os.getloadavg(), results=results),
+                                  indent=1))
+        print(f"\nwrote {out}")
+        return
     matchers = [("exact", {}), ("exact[scipy]", {}), ("exact[hungarian]", {"solver": "hungarian"}),
                 ("window", {"size": 128}), ("window[64]", {"size": 64}),
                 ("topk_greedy", {"k": 64}), ("greedy", {}), ("sinkhorn", {}),
-                ("auction", {}), ("auction[bf16]", {"cost_dtype": "bfloat16"}),
+                ("auction", {}), ("auction[uncertified]", {"tol": None}),
+                ("auction[bf16]", {"cost_dtype": "bfloat16", "tol": None}),
                 ("identity", {})]
     if args.quick:
         configs = [(16, 49), (16, 196), (4, 784)]

@@ -21,7 +21,8 @@ Geometry (a model's :class:`~repsim_jax.models.preprocess.Preprocess`, done in P
     geometry with nearest-neighbour resampling, so each mask pixel stays on its image pixel.
 
 Bad files
-    :func:`check_files` decodes every image once (in threads) before anything else runs
+    :func:`check_files` decodes every image once (in threads; JPEGs at 1/8 scale in the
+    DCT domain, which still reads the whole entropy-coded stream) before anything else runs
     and returns the ones that fail (truncated, unreadable, not an image) with Pillow's
     message, so a run stops before any unit with a message naming the file, or skips them
     with one warning when asked.
@@ -126,7 +127,9 @@ def _check_one(path) -> tuple[tuple[int, int] | None, str | None]:
         from PIL import Image
         hw = _header(path)
         with Image.open(path) as im:
-            im.load()            # full decode: truncated files fail here
+            if im.format == "JPEG":   # DCT-domain 1/8 scaling: reads every byte, ~4x faster
+                im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
+            im.load()            # decodes the whole stream: truncated files fail here
         return hw, None
     except Exception as e:  # noqa: BLE001 - any failure makes the file bad
         return None, f"{type(e).__name__}: {e}"

@@ -175,7 +175,8 @@ OPTIONS: dict[str, dict[str, Option]] = {
         "eps_start": Option("float", 0.0, lo_open=True, matchers=("sinkhorn",)),
         "eps_end": Option("float", 0.0, lo_open=True, matchers=("sinkhorn",)),
         "n_stages": _int(**_POS, matchers=("sinkhorn",)),
-        "iters_per_stage": _int(**_POS, matchers=("sinkhorn",)),
+        "max_iters": _int(**_POS, matchers=("sinkhorn",)),
+        "marginal_tol": Option("float", 0.0, lo_open=True, matchers=("sinkhorn",)),
     },
     "invert": {
         "L": _int(1, doc="maximum number of literals of a formula"),

@@ -150,3 +150,24 @@ def test_registry_and_option_errors():
         rsm(x, matcher="greedy", k=3)
     with pytest.raises(KeyError, match="Did you mean 'auction'"):
         rsm(x, matcher="auctoin")
+
+
+def test_sinkhorn_diagnostics_rounding_and_bound():
+    rng = np.random.default_rng(4)
+    x = np.maximum(rng.normal(size=(7, 30, 16)), 0).astype(np.float32)
+    cost = np.einsum("sc,btc->bst", x[0], x[1:]).astype(np.float32)
+    opt = np.array([c[np.arange(30), linear_sum_assignment(c, maximize=True)[1]]
+                    .astype(np.float64).sum() for c in cost])
+    res = solve(cost, "sinkhorn", max_iters=400)
+    assert all(sorted(p.tolist()) == list(range(30)) for p in res.perm)   # permutations
+    assert res.converged.all() and (res.marginal_error <= 1e-2).all()
+    dflt = solve(cost, "sinkhorn")              # 50 iterations per stage: flag = the test
+    np.testing.assert_array_equal(dflt.converged, dflt.marginal_error <= 1e-2)
+    assert (res.iterations >= 4).all()                  # at least one per stage
+    assert (res.gap >= opt - res.score - 1e-4 * opt).all()     # the bound holds
+    assert (res.score / opt).min() > 0.97
+    # capped iterations: not converged, reported as such, still a permutation and a bound
+    capped = solve(cost, "sinkhorn", max_iters=1, marginal_tol=1e-6)
+    assert not capped.converged.any() and (capped.marginal_error > 1e-6).all()
+    assert (capped.iterations == 4).all()
+    assert (capped.gap >= opt - capped.score - 1e-4 * opt).all()

@@ -21,9 +21,9 @@ shortfall :math:`s_{exact} - s`. The auction's final prices (in the costs' units
 candidate values' column constants plus r times the bidding prices) are near-optimal duals,
 and the host auction makes them so for the full matrix: after bidding at the final epsilon,
 every row whose slack on the FULL row exceeds epsilon (its best column was not a candidate)
-becomes *dense* (bids over all columns) and bids again, until every row is
-epsilon-complementary-slack on the full matrix (``rounds`` at most), so the gap is at most
-:math:`S\varepsilon r`. With ``tol`` (see :func:`repsim_jax.semantic.rsm`), the final
+gets that column as an extra candidate (after 8 extras it bids over all columns) and bids
+again, until every row is epsilon-complementary-slack on the full matrix (``rounds`` at
+most), so the gap is at most :math:`S\varepsilon r`. With ``tol`` (see :func:`repsim_jax.semantic.rsm`), the final
 epsilon of each pair is chosen from ``tol`` and the pair's norms, with epsilon-scaling from
 ``eps`` down to it (:data:`EPS_FACTOR` per phase); pairs whose gap still exceeds the
 tolerance are solved exactly. The bound is computed from the solver's own state and one
@@ -636,5 +636,5 @@ AUCTION = register(_Auction(name="auction", certified=True, options={
     "cost_dtype": Option("float32", "choice", ("auto", "float32", "bfloat16", "float16")),
     "tol": Option(DEFAULT_TOL, "pos", nullable=True,
                   doc="certified max error of every RSM entry; None: uncertified"),
-    "rounds": Option(8, "int", doc="dense re-bidding rounds of the certificate"),
+    "rounds": Option(8, "int", doc="re-bidding rounds of the certificate (candidate refresh)"),
 }))
