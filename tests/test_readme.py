@@ -28,7 +28,8 @@ SMALL = [("[:200]", "[:40]"), ("[:512]", "[:64]"), ("steps=200", "steps=4"),
          ("L=3, B=10", "L=2, B=3"), ("permutations=19", "permutations=9"),
          ("images_per_class=6)", "images_per_class=2, smooth_steps=4, sharp_steps=4)"),
          ("x[:8]", "x[:4]"), ("reshape(200, -1)", "reshape(40, -1)"),
-         ("slice(0, 200)", "slice(0, 40)"), ("n=1000,", "n=40,"),
+         ("slice(0, 200)", "slice(0, 40)"), ("n=1000,", "n=40,"), ("n=500,", "n=40,"),
+         ("n_permutations=100,", "n_permutations=20,"),
          ("n_permutations=200, n_bootstrap=200", "n_permutations=20, n_bootstrap=20")]
 
 
