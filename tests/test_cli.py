@@ -124,10 +124,15 @@ def test_foreign_and_non_sweep_output_directories(capsys, tmp_path):
     foreign.mkdir()
     (foreign / "manifest.json").write_text(json.dumps(
         {"config_hash": "0123456789abcdef", "config": {"seed": 5}}))
+    # another configuration's manifest with a finished unit: its results are refused
+    (foreign / "units" / "invert__x__y").mkdir(parents=True)
+    (foreign / "units" / "invert__x__y.done.json").write_text(
+        json.dumps({"config_hash": "0123456789abcdef"}))
     rc, _, err = _run(capsys, "sweep", *RANDOM_VGG, "--methods", "invert", "--out",
                       str(foreign))
     assert rc == 2
     assert "holds the results of another configuration" in _error_line(err)
+    assert (foreign / "units" / "invert__x__y.done.json").is_file()   # untouched
     other = tmp_path / "photos"
     other.mkdir()
     (other / "cat.jpg").write_bytes(b"x")

@@ -82,7 +82,7 @@ def test_report_content(sweep):
         "semantic_compare__ALL__all__01_map_va_rb.png",
         "semantic_compare__ALL__all__02_map_rb_rb.png"}
     assert "semantic_compare__ALL__all__03_depth.png" in names
-    assert "across models" in html and "linear_cka" in html
+    assert "across models" in html and "cka_debiased" in html   # the default measure, named
     # every caption names N
     caps = re.findall(r"<figcaption>(.*?)</figcaption>", html, re.S)
     assert len(caps) == len(figs) and all("N=" in c for c in caps), caps
