@@ -378,6 +378,9 @@ def _auction_statistics(x, opts, mesh, max_block_bytes, block_pairs, bar, use_ho
     pad[:, 1] = 1                                                # a valid dummy pair (1, 0)
     work = np.concatenate([items, pad])
     if mesh is not None:
+        # inputs committed to one device (e.g. another function's output) are copied onto
+        # every device of the mesh, or jit refuses the mix with the sharded work items
+        x = jax.device_put(x, NamedSharding(mesh, P()))
         put = lambda v: jax.device_put(v, NamedSharding(mesh, P(mesh.axis_names[0])))  # noqa: E731
     else:
         put = jnp.asarray

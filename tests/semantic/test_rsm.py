@@ -256,3 +256,16 @@ def test_bad_names_and_layer_mismatch():
         rsm(x, kernel="rbf", sigma=-1.0)
     with pytest.raises(KeyError, match="solver"):
         rsm(x, solver="gpu")
+
+
+def test_auction_takes_inputs_committed_to_one_device():
+    """Regression: an array committed to one device (e.g. models.activations output) fed
+    the auction's sharded path on a multi-device machine ('incompatible devices')."""
+    rng = np.random.default_rng(3)
+    x = np.maximum(rng.normal(size=(12, 4, 4, 8)), 0).astype(np.float32)
+    assert len(jax.devices()) > 1
+    committed = rsm(jax.device_put(x, jax.devices()[0]), matcher="auction")
+    np.testing.assert_array_equal(np.asarray(committed),
+                                  np.asarray(rsm(x, matcher="auction")))
+    np.testing.assert_allclose(np.asarray(committed),
+                               np.asarray(rsm(x, matcher="exact")), atol=1e-3)
