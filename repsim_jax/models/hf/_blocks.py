@@ -159,6 +159,18 @@ def activation(name: str, key: str = "hidden_act"):
     return ACTIVATIONS[name]
 
 
+class MLP(nnx.Module):
+    """fc1 -> activation -> fc2 (the two-layer MLP of CLIP and DINOv2 blocks, HF names)."""
+
+    def __init__(self, dim: int, inner: int, act: str, *, rngs):
+        self.act = act
+        self.fc1 = Linear(dim, inner, rngs=rngs)
+        self.fc2 = Linear(inner, dim, rngs=rngs)
+
+    def __call__(self, x):
+        return self.fc2(activation(self.act)(self.fc1(x)))
+
+
 def _cubic(x: np.ndarray, a: float) -> np.ndarray:
     """Keys' cubic convolution kernel with parameter ``a``."""
     x = np.abs(x)

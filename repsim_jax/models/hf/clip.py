@@ -29,7 +29,7 @@ from flax import nnx
 
 from repsim_jax._checks import InputError
 from repsim_jax.models.hf._blocks import (Conv2d, Embedding, LayerNorm, Linear, _normal,
-                                          activation, attention)
+                                          MLP, attention)
 from repsim_jax.models.hf.vit import _pair, interpolate_positions
 
 __all__ = ["CLIPVisionModel", "CLIPVisionWithProjection"]
@@ -49,22 +49,12 @@ class CLIPAttention(nnx.Module):
         return self.out_proj(y)
 
 
-class CLIPMLP(nnx.Module):
-    def __init__(self, dim: int, inner: int, act: str, *, rngs):
-        self.act = act
-        self.fc1 = Linear(dim, inner, rngs=rngs)
-        self.fc2 = Linear(inner, dim, rngs=rngs)
-
-    def __call__(self, x):
-        return self.fc2(activation(self.act)(self.fc1(x)))
-
-
 class CLIPEncoderLayer(nnx.Module):
     def __init__(self, cfg: dict, *, rngs):
         d, eps = cfg["hidden_size"], cfg["layer_norm_eps"]
         self.self_attn = CLIPAttention(d, cfg["num_attention_heads"], rngs=rngs)
         self.layer_norm1 = LayerNorm(d, eps)
-        self.mlp = CLIPMLP(d, cfg["intermediate_size"], cfg["hidden_act"], rngs=rngs)
+        self.mlp = MLP(d, cfg["intermediate_size"], cfg["hidden_act"], rngs=rngs)
         self.layer_norm2 = LayerNorm(d, eps)
 
     def __call__(self, x):

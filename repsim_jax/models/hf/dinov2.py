@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from repsim_jax.models.hf._blocks import Identity, LayerNorm, Linear, _normal, activation
+from repsim_jax.models.hf._blocks import MLP, Identity, LayerNorm, Linear, _normal
 from repsim_jax.models.hf.vit import (AttentionBlock, Encoder, PatchEmbeddings, _pair,
                                       interpolate_positions)
 
@@ -43,16 +43,6 @@ class LayerScale(nnx.Module):
 
     def __call__(self, x):
         return x * self.lambda1[...]
-
-
-class MLP(nnx.Module):
-    def __init__(self, dim: int, inner: int, act: str, *, rngs):
-        self.act = act
-        self.fc1 = Linear(dim, inner, rngs=rngs)
-        self.fc2 = Linear(inner, dim, rngs=rngs)
-
-    def __call__(self, x):
-        return self.fc2(activation(self.act)(self.fc1(x)))
 
 
 class SwiGLUFFN(nnx.Module):
