@@ -12,8 +12,8 @@ Timings exclude jit compilation (each configuration runs once to warm up, then i
     python benchmarks/bench_semantic.py --trained [--n 32] [--peer PATH]   # trained features
 
 ``--trained``: activations of the built-in trained models (small_vgg features.15/.11/.7,
-small_resnet layer3/layer2: S = 16, 64, 256) and the tokens of a random-init tiny ViT built
-and run by transformers (S = 64 patch tokens, CLS dropped), N images of the built-in test
+small_resnet layer3/layer2: S = 16, 64, 256) and the tokens of a random-init tiny ViT ported by
+``models.load_hf`` from a ``save_pretrained`` directory (S = 64 patch tokens, CLS dropped), N images of the built-in test
 set; every matcher's time, max / mean cosine-RSM error against exact, the largest certified
 bound and the exact fraction (certified matchers), ratios against exact and the official
 code in the same run; and ott-jax's Sinkhorn on the same cost matrices as ours (time at
@@ -236,20 +236,39 @@ def trained_features(n):
         for l in layers:
             a = np.asarray(acts[l], np.float32)
             out[f"{model_name} {l}"] = a.reshape(n, -1, a.shape[-1])
-    try:
-        import torch
-        from transformers import ViTConfig, ViTModel
-        torch.manual_seed(0)
-        cfg = ViTConfig(image_size=64, patch_size=8, hidden_size=64, num_hidden_layers=2,
-                        num_attention_heads=4, intermediate_size=128)
-        vit = ViTModel(cfg).eval()        # random init (no weights downloaded): tokens of a
-        with torch.no_grad():             # ported-ViT-shaped model, computed by transformers
-            px = torch.from_numpy(np.transpose(images, (0, 3, 1, 2)).copy()).float()
-            tok = vit(pixel_values=(px - 0.5) / 0.5).last_hidden_state.numpy()
-        out["vit-tiny tokens (transformers)"] = tok[:, 1:].astype(np.float32)
-    except Exception as e:  # noqa: BLE001 - optional row
-        print(f"ViT tokens skipped: {e!r}")
+    out.update(vit_tokens(images))
     return out
+
+
+def vit_tokens(images):
+    """{name: (N, 64, 64)} patch tokens (CLS dropped) of a tiny random-init ViT (64x64 px,
+    patch 8, width 64, 2 layers) ported by :func:`repsim_jax.models.load_hf` from a
+    ``save_pretrained`` directory and run by :func:`repsim_jax.models.activations` (the
+    path a user's own ViT takes). With transformers installed the checkpoint is written by
+    transformers (its own initialisation); otherwise by :func:`repsim_jax.models.save_hf`
+    from :func:`repsim_jax.models.build_hf`. No weights are downloaded."""
+    import tempfile
+
+    from repsim_jax.models import activations, build_hf, load_hf, save_hf
+    cfg = dict(model_type="vit", architectures=["ViTModel"], image_size=64, patch_size=8,
+               num_channels=3, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+               intermediate_size=128, hidden_act="gelu", layer_norm_eps=1e-12,
+               qkv_bias=True)
+    with tempfile.TemporaryDirectory() as d:
+        try:
+            import torch
+            from transformers import ViTConfig, ViTModel
+            torch.manual_seed(0)
+            ViTModel(ViTConfig(**{k: v for k, v in cfg.items() if k not in
+                                  ("model_type", "architectures")})).save_pretrained(d)
+            made = "transformers init"
+        except ImportError:
+            save_hf(build_hf(cfg, seed=0), d)
+            made = "build_hf init"
+        model = load_hf(d)
+        layer = "encoder.layer.1"
+        tok = np.asarray(activations(model, images, [layer])[layer], np.float32)
+    return {f"vit-tiny {layer} tokens (load_hf, {made})": tok[:, 1:]}
 
 
 def ott_sinkhorn_row(x, pairs=64, eps_end=2e-3):
