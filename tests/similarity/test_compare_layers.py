@@ -90,3 +90,61 @@ def test_bad_layer_inputs(acts):
         S.compare_layers(a, n_permutations=-1, progress=False)
     with pytest.raises(InputError, match="takes no option"):
         S.compare_layers(a, measures=[("cka", {"k": 3})], progress=False)
+
+
+# ------------------------------------------------ the all-pairs fast path (no resampling)
+ALL = {"cka": S.cka, "cka_debiased": lambda x, y: S.cka(x, y, debiased=True),
+       "rbf_cka": lambda x, y: S.cka(x, y, kernel="rbf"),
+       "rbf_cka_debiased": lambda x, y: S.cka(x, y, kernel="rbf", debiased=True),
+       "rsa": S.rsa, "rsa(compare=pearson)": lambda x, y: S.rsa(x, y, compare="pearson"),
+       "rsa(compare=cosine,rdm=euclidean)":
+           lambda x, y: S.rsa(x, y, rdm="euclidean", compare="cosine"),
+       "procrustes": S.procrustes, "cca(ridge=0.1)": lambda x, y: S.cca(x, y, ridge=0.1),
+       "svcca": S.svcca, "pwcca(ridge=0.1)": lambda x, y: S.pwcca(x, y, ridge=0.1),
+       "mutual_knn(k=5)": lambda x, y: S.mutual_knn(x, y, k=5),
+       "cknna(k=5)": lambda x, y: S.cknna(x, y, k=5)}
+ALL_SPECS = ["cka", "cka_debiased", "rbf_cka", "rbf_cka_debiased", "rsa",
+             ("rsa", {"compare": "pearson"}), ("rsa", {"rdm": "euclidean",
+                                                       "compare": "cosine"}),
+             "procrustes", ("cca", {"ridge": 0.1}), "svcca", ("pwcca", {"ridge": 0.1}),
+             ("mutual_knn", {"k": 5}), ("cknna", {"k": 5})]
+
+
+def _related_layers(rng, n, widths, base):
+    return {f"l{i}": (np.maximum(base @ rng.normal(size=(base.shape[1], d)), 0)
+                      + (0.5 + i) * rng.normal(size=(n, d))).astype(np.float32)
+            for i, d in enumerate(widths)}
+
+
+@pytest.mark.parametrize("n, widths_a, widths_b", [
+    (40, (6, 6, 12, 50), (6, 30, 30)),        # a layer wider than N: CKA's Gram route
+    (120, (4, 4, 8), (4, 6))])                # narrow layers: CKA's feature route
+def test_fast_path_equals_single_pairs_every_measure(n, widths_a, widths_b, monkeypatch):
+    rng = np.random.default_rng(n)
+    base = rng.normal(size=(n, 4))
+    a, b = _related_layers(rng, n, widths_a, base), _related_layers(rng, n, widths_b, base)
+    # a tiny budget: every layer prepared in its own chunk, caches evicted / bypassed
+    from repsim_jax.similarity import compare as C
+    monkeypatch.setattr(C, "FAST_BUDGET", 8 * n * n * 4)
+    for other in (b, None):
+        t = S.compare_layers(a, other, ALL_SPECS, progress=False)
+        assert t.measures == tuple(ALL)
+        for r in t.records():
+            y = (a if other is None else b)[r["other_layer"]]
+            want = float(ALL[r["measure"]](a[r["layer"]], y))
+            assert abs(r["value"] - want) < 1e-5, (r, want)
+    # the route picks the same values as the generic grid (resampling forces the latter)
+    t = S.compare_layers(a, b, ["cka_debiased", "rsa"], progress=False)
+    g = S.compare_layers(a, b, ["cka_debiased", "rsa"], n_permutations=1, progress=False)
+    np.testing.assert_allclose(t.value, g.value, atol=1e-5)
+    assert np.all(np.isnan(t.p)) and not np.any(np.isnan(g.p))
+
+
+def test_cka_route_plan():
+    from repsim_jax.similarity import _measure as M
+    fp = M.MEASURES["cka"].fast({"kernel": "linear", "debiased": True, "sigma": 1.0})
+    lin = {"kernel": "linear", "debiased": True, "sigma": 1.0}
+    assert fp.plan(2000, [64, 512] * 10, [64, 512] * 10, lin) == "gram"
+    assert fp.plan(10000, [64, 512] * 10, [64, 512] * 10, lin) == "feature"
+    assert fp.plan(100, [8, 200], [8], lin) == "gram"          # a layer wider than N
+    assert fp.plan(10000, [8], [8], {**lin, "kernel": "rbf"}) == "gram"
