@@ -92,7 +92,7 @@ def test_readme_python_blocks_run(tmp_path):
     import subprocess
     import sys
     _wait_for_models()
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
                PYTHONPATH=os.pathsep.join([str(README.parent),
                                            os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve())], cwd=tmp_path,

@@ -293,8 +293,10 @@ def resolve_precision(precision: str = "auto", mesh=None) -> str:
     return "float64"
 
 
-def _run(acts2d, table, cfg, mesh, alternative, compat, rank_on):
-    out = beam_search(acts2d.T, table, cfg, mesh=mesh, rank_on=rank_on)
+def _run(acts2d, table, cfg, mesh, alternative, compat, rank_on, progress=None,
+         desc="invert", chunk=None):
+    out = beam_search(acts2d.T, table, cfg, mesh=mesh, rank_on=rank_on, progress=progress,
+                      desc=desc, chunk=chunk)
     factor = cfg.dedup_factor
     while not compat and not out["complete"].all():
         # rare: more equal supports near the top than the de-duplication looked at; redo
@@ -303,7 +305,7 @@ def _run(acts2d, table, cfg, mesh, alternative, compat, rank_on):
         factor *= 4
         cfg = dataclasses.replace(cfg, dedup_factor=factor)
         again = beam_search(np.ascontiguousarray(acts2d[:, redo].T), table, cfg,
-                            mesh=mesh, rank_on=rank_on)
+                            mesh=mesh, rank_on=rank_on, progress=False)
         for k, v in again.items():
             out[k][redo] = v
     n_total = acts2d.shape[0]
@@ -331,11 +333,13 @@ def _run(acts2d, table, cfg, mesh, alternative, compat, rank_on):
                 best_log_p_value=best_log_p, constant=constant)
 
 
-def _permutation_test(acts2d, run, table, cfg, mesh, n_perm, seed, offset, chunk):
+def _permutation_test(acts2d, run, table, cfg, mesh, n_perm, seed, offset, chunk,
+                      progress=None, desc="invert null"):
     """Selection-aware p-values: the observed best AUC against the best AUCs of the whole
     search on permuted inputs; ``p = (1 + #{null >= observed}) / (1 + n)``."""
     null = null_best_auc(acts2d.T, table, cfg, n_perm, seed, mesh=mesh, chunk=chunk,
-                         neuron_ids=offset + np.arange(acts2d.shape[1]))
+                         neuron_ids=offset + np.arange(acts2d.shape[1]), progress=progress,
+                         desc=desc)
     sign = 1.0 if cfg.positive else -1.0
     obs = sign * np.where(run["valid"][:, -1, 0], run["auc"][:, -1, 0], -np.inf * sign)
     hits = np.sum(np.nan_to_num(sign * null, nan=-np.inf) >= obs[:, None], axis=1)
@@ -348,7 +352,8 @@ def explain(activations, labels, concept_names: Sequence[str], *, L: int = 3, B:
             limit_search: int | None = None, compat: bool = False, reduction: str = "mean",
             alternative: str = "two-sided", permutations: int = 0, seed: int = 0,
             permutation_chunk: int | None = None, precision: str = "auto", mesh="all",
-            block: int | None = None, rank_on: str | None = None, devices=None):
+            block: int | None = None, rank_on: str | None = None, chunk: int | None = None,
+            progress: bool | None = None, devices=None):
     """INVERT: the B best compositional concept formulas (<= L literals) of each neuron.
 
     Args:
@@ -376,6 +381,11 @@ def explain(activations, labels, concept_names: Sequence[str], *, L: int = 3, B:
       block: neurons per vectorised block (default: from the problem size); rank_on:
         "host" (numpy sort, default on CPU) or "device" (XLA sort) for the per-neuron
         ranks.
+      chunk: neurons per compiled call (default ~1024; one shape, compiled once, the last
+        chunk padded); results do not depend on it.
+      progress: progress over the neuron chunks of each layer (and the permutation
+        chunks), :mod:`repsim_jax._progress` convention: None/True a bar on a terminal,
+        lines in a log (for a search longer than 30 s), False nothing.
     Returns:
       a :class:`NeuronBeam` for (N,) input, an :class:`InvertResult` (a sequence of
       :class:`NeuronBeam`, sliceable) for one layer, or an :class:`InvertLayers` (a
@@ -459,7 +469,11 @@ def explain(activations, labels, concept_names: Sequence[str], *, L: int = 3, B:
                   mode=mode, limit_search=limit_search, compat=compat, reduction=reduction,
                   alternative=alternative, permutations=int(permutations), seed=int(seed),
                   precision=prec)
-    runs = {name: _run(a, table, cfg, mesh, alternative, compat, rank_on)
+    if chunk is not None and int(chunk) < 1:
+        raise InputError(f"chunk must be >= 1 neurons or None, got {chunk}")
+    label = lambda name, what: f"invert{' ' + name if name else ''}{what}"  # noqa: E731
+    runs = {name: _run(a, table, cfg, mesh, alternative, compat, rank_on,
+                       progress=progress, desc=label(name, ""), chunk=chunk)
             for name, a in acts.items()}
     all_log_p = np.concatenate([r["best_log_p_value"] for r in runs.values()])
     q, log_q = benjamini_hochberg(log_p=all_log_p)
@@ -468,7 +482,8 @@ def explain(activations, labels, concept_names: Sequence[str], *, L: int = 3, B:
         offset = 0
         for name, a in acts.items():
             perm[name] = _permutation_test(a, runs[name], table, cfg, mesh, int(permutations),
-                                           int(seed), offset, permutation_chunk)
+                                           int(seed), offset, permutation_chunk,
+                                           progress=progress, desc=label(name, " null"))
             offset += a.shape[1]
         perm_q, _ = benjamini_hochberg(np.concatenate([v[0] for v in perm.values()]))
     results, start = {}, 0

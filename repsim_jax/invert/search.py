@@ -63,6 +63,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
+from repsim_jax import _progress
 from repsim_jax._checks import InputError
 from repsim_jax._devices import as_mesh, resolve_mesh_alias
 from repsim_jax.invert.auc import auc_from_rank_sums, twice_average_ranks
@@ -601,6 +602,22 @@ def _mesh_layout(mesh, n_units: int, block: int):
     return mesh, n_dev, block, int(math.ceil(n_units / unit) * unit)
 
 
+CHUNK_NEURONS = 1024  # default neurons per compiled call of the search (progress steps)
+
+
+def _chunking(padded: int, unit: int, chunk: int | None):
+    """(neurons per chunk, number of chunks): chunks are multiples of ``unit`` (block x
+    devices) covering ``padded`` neurons; by default about ``CHUNK_NEURONS`` each, sized so
+    that padding the last one adds less than one ``unit`` per chunk."""
+    if chunk is not None and int(chunk) < 1:
+        raise InputError(f"chunk must be >= 1 neurons or None, got {chunk}")
+    target = CHUNK_NEURONS if chunk is None else int(chunk)
+    n_chunks = max(1, -(-padded // max(target, unit)))
+    size = -(-padded // n_chunks)
+    size = -(-size // unit) * unit
+    return size, -(-padded // size)
+
+
 def _first_device(mesh):
     return jax.local_devices()[0] if mesh is None else mesh.devices.flat[0]
 
@@ -632,7 +649,8 @@ def _exact_stats(r2, n, n_total: int, precision: str):
 
 
 def beam_search(acts: np.ndarray, table: ConceptTable, cfg: SearchConfig, mesh=None,
-                rank_on: str | None = None, devices=None):
+                rank_on: str | None = None, devices=None, *, chunk: int | None = None,
+                progress: bool | None = None, desc: str = "invert"):
     """Runs the batched beam search on activations (U, N); returns a dict of numpy arrays.
 
     Keys: ``literals`` (U, L, B, L) int32 literal ids (-1 = none), ``ops`` (U, L, B, L),
@@ -645,6 +663,12 @@ def beam_search(acts: np.ndarray, table: ConceptTable, cfg: SearchConfig, mesh=N
     split over its first axis. ``devices=``: deprecated alias of ``mesh``.
     ``rank_on``: "host" (numpy sort; default on CPU) or "device" (XLA sort; default on
     accelerators) for the per-neuron ranks and expansion lists.
+    ``chunk``: neurons per compiled call (rounded up to a multiple of block x devices;
+    default: ~``CHUNK_NEURONS``, balanced so the last chunk is barely padded). Every
+    chunk has the same shape (the last one padded with inert neurons), so the search
+    compiles once; between chunks progress is reported under the ``progress=``
+    convention (:mod:`repsim_jax._progress`, ``desc`` names the bar). Results do not
+    depend on ``chunk`` (every neuron is searched independently).
     """
     mesh = as_mesh(resolve_mesh_alias(mesh, devices, "devices", "beam_search"))
     n_units, n_total = acts.shape
@@ -668,14 +692,26 @@ def beam_search(acts: np.ndarray, table: ConceptTable, cfg: SearchConfig, mesh=N
                 jnp.asarray(acts, jnp.float64 if f64 else jnp.float32),
                 jnp.asarray(table.group_of_input), jnp.asarray(lab_f), jnp.asarray(counts_g),
                 cfg=cfg, n_groups=table.n_groups))
-        pad = padded - n_units
+        size, n_chunks = _chunking(padded, block * n_dev, chunk)
+        pad = size * n_chunks - n_units
         rho_g = np.pad(rho_g, ((0, pad), (0, 0)))
         constant_p = np.pad(constant, (0, pad), constant_values=True)
         expand = np.pad(expand, ((0, pad), (0, 0)))
-        args = [rho_g, constant_p, expand, lab_f, lab_t, nz_g, nz_c, counts_g]
-        args = _put(args, mesh, 3)
-        out = _search_jit(*args, n_total=n_total, cfg=cfg, mesh=mesh)
-        out = [np.array(o)[:n_units] for o in out]
+        rep = _put([lab_f, lab_t, nz_g, nz_c, counts_g], mesh, 0)
+        parts = []
+        with _progress.bar(n_units, desc=desc, unit="neuron", progress=progress) as bar:
+            pending = None   # one chunk in flight while the previous one is collected
+            for i in range(n_chunks + 1):
+                nxt = None
+                if i < n_chunks:
+                    sl = slice(i * size, (i + 1) * size)
+                    nxt = _search_jit(*_put([rho_g[sl], constant_p[sl], expand[sl]], mesh, 3),
+                                      *rep, n_total=n_total, cfg=cfg, mesh=mesh)
+                if pending is not None:
+                    parts.append([np.array(o) for o in pending])
+                    bar.update(min(size, n_units - (i - 1) * size))
+                pending = nxt
+        out = [np.concatenate(x)[:n_units] for x in zip(*parts)]
     keys = ("literals", "ops", "rank_sum2", "count", "auc", "valid", "complete")
     res = dict(zip(keys, out))
     res["rank_sum2"], res["count"] = _exact_stats(res["rank_sum2"], res["count"], n_total,
@@ -716,7 +752,8 @@ def twice_ranks_host(acts: np.ndarray) -> np.ndarray:
 
 def null_best_auc(acts: np.ndarray, table: ConceptTable, cfg: SearchConfig, n_perm: int,
                   seed: int = 0, *, mesh=None, chunk: int | None = None,
-                  neuron_ids=None) -> np.ndarray:
+                  neuron_ids=None, progress: bool | None = None,
+                  desc: str = "invert null") -> np.ndarray:
     """Best-formula AUC of the whole beam search on ``n_perm`` permutations of each neuron.
 
     The inputs' activations are permuted relative to their labels (H0: the neuron carries
@@ -731,6 +768,7 @@ def null_best_auc(acts: np.ndarray, table: ConceptTable, cfg: SearchConfig, n_pe
       n_perm: permutations per neuron; ``chunk``: permutations per compiled call (memory:
         ~``chunk * block`` searches at once; default from ``cfg.block``).
       neuron_ids: (U,) ints folded into the key (default 0..U-1).
+      progress: one step per chunk of permutations (:mod:`repsim_jax._progress`).
     Returns:
       (U, n_perm) float64 AUCs (recomputed on the host from the exact statistics, as the
       observed ones), NaN where the permuted search found no admissible formula. Sign
@@ -763,6 +801,7 @@ def null_best_auc(acts: np.ndarray, table: ConceptTable, cfg: SearchConfig, n_pe
         if mesh is not None:
             rep = _put(rep, mesh, 0)
         r2s, ns, oks = [], [], []
+        bar = _progress.bar(n_perm, desc=desc, unit="permutation", progress=progress)
         for start in range(0, n_perm, chunk):
             perm_ids = jnp.arange(start, start + chunk, dtype=jnp.uint32)
             c = cfg
@@ -775,6 +814,8 @@ def null_best_auc(acts: np.ndarray, table: ConceptTable, cfg: SearchConfig, n_pe
                 c = dataclasses.replace(c, dedup_factor=c.dedup_factor * 4)
             keep = min(chunk, n_perm - start)
             r2s.append(r2[:, :keep]), ns.append(n[:, :keep]), oks.append(ok[:, :keep])
+            bar.update(keep)
+        bar.close()
     r2, n = _exact_stats(np.concatenate(r2s, 1), np.concatenate(ns, 1), n_total,
                          cfg.precision)
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -366,7 +366,7 @@ def adapt_invert(unit, ctx) -> dict[str, Any]:
     # every option but "layers" is a keyword of explain (checked by sweep.options)
     kw = {k: v for k, v in opts.items() if k != "layers"}
     out = explain({l: acts[l] for l in unit.layers}, ctx.data.concept_labels,
-                  list(ctx.data.concept_names), mesh=ctx.mesh, **kw)
+                  list(ctx.data.concept_names), mesh=ctx.mesh, progress=_inner(ctx), **kw)
     rows, arrays, figures = [], {}, []
     for l in unit.layers:
         res = out[l]
