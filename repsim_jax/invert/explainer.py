@@ -28,8 +28,8 @@ from repsim_jax._devices import as_mesh, resolve_mesh_alias
 from repsim_jax._results import result
 from repsim_jax.invert.auc import ALTERNATIVES, benjamini_hochberg, mann_whitney_from_rank_sums
 from repsim_jax.invert.formula import Formula, formula_string
-from repsim_jax.invert.search import (ConceptTable, SearchConfig, beam_search, concept_table,
-                                     null_best_auc)
+from repsim_jax.invert.search import (ConceptTable, SearchConfig, _check_precision,
+                                     beam_search, concept_table, null_best_auc)
 
 __all__ = ["Explanation", "NeuronBeam", "InvertResult", "InvertLayers", "explain",
            "reduce_activations", "resolve_precision", "REDUCTIONS", "PRECISIONS"]
@@ -448,6 +448,7 @@ def explain(activations, labels, concept_names: Sequence[str], *, L: int = 3, B:
         a = reduce_activations(x, reduction)
         acts[name] = a[:, None] if a.ndim == 1 else a
     n_inputs = next(iter(acts.values())).shape[0]
+    _check_precision(SearchConfig(L=1, B=1, precision=prec), n_inputs)   # before any work
     for name, a in acts.items():
         if a.shape[0] != n_inputs:
             raise InputError(f"layer {name!r} has {a.shape[0]} inputs, expected {n_inputs}")
