@@ -101,3 +101,18 @@ def test_one_minus_and_differentiability_are_the_float64_ones():
                         [0.0, 1.0, 2.0, 0.5, 0.25, 2.0 ** -60, 1 - 2.0 ** -53, 1 + 2.0 ** -52]])
     yb = wide.from_int(y.view(np.uint64))
     np.testing.assert_array_equal(_as_double(wide.abs_one_minus_bits(yb)), np.abs(1.0 - y))
+
+
+@pytest.mark.parametrize("n,k", [(3000, 7), (40, 5)])     # two-level and one-level paths
+def test_stable_top_k_of_key_pairs_is_a_stable_lexicographic_sort(n, k):
+    from repsim_jax.invert.search import stable_top_k
+    hi = rng.integers(-3, 3, (4, n)).astype(np.int32)      # many ties in hi ...
+    lo = rng.integers(0, 4, (4, n)).astype(np.uint32)      # ... and in (hi, lo)
+    hi[:, ::3] = np.iinfo(np.int32).min                    # invalid entries
+    lo[0, :] = 2 ** 32 - 1 - lo[0, :]                      # lo above 2^31
+    (vh, vl), idx = jax.jit(stable_top_k, static_argnums=1)((jnp.asarray(hi), jnp.asarray(lo)), k)
+    for r in range(4):
+        want = np.lexsort((np.arange(n), -lo[r].astype(np.int64), -hi[r].astype(np.int64)))[:k]
+        np.testing.assert_array_equal(np.asarray(idx[r]), want)
+        np.testing.assert_array_equal(np.asarray(vh[r]), hi[r, want])
+        np.testing.assert_array_equal(np.asarray(vl[r]), lo[r, want])
