@@ -408,17 +408,21 @@ def explain(activations, labels, concept_names: Sequence[str], *, L: int = 3, B:
     ``perm_q_value`` is Benjamini-Hochberg of those over the neurons of the call.
 
     Precision. "float64" runs the search on exact integer statistics held in float64
-    (x64 switched on locally). "float32" is for backends without float64 (TPU): ranks are
-    int32, rank sums and counts uint32 with modular (wrap-around) arithmetic, which is
-    exact for the quantities used, ``2U = R - n(n+1)`` and ``2 n (N - n)``, as long as
-    they are below 2^32, i.e. for every N <= 92681 (bigger N is refused). Candidate AUCs
-    inside the search are float32 (both integers rounded once when above 2^24, then
-    divided); the returned AUCs, fractions and p-values are recomputed in float64 on the
-    host CPU from the exact integers, so they are identical to the float64 path, and so
-    are the beams unless two distinct candidate AUCs round to the same float32 (a
-    relative difference below ~6e-8): then the tie goes to pool order. The float32 path
-    ranks float64 activations as float32 when ``rank_on="device"`` (values equal in float32
-    are ties). "auto" chooses by :func:`resolve_precision`.
+    (x64 switched on locally). "float32" is for backends without float64 (TPU) and uses
+    32-bit integers only (:mod:`repsim_jax.invert.wide`): ranks and counts are int32 /
+    uint32; twice the rank sums (up to N(N+1) < 2^48) are two uint32 limbs with carries,
+    summed exactly by splitting into limbs whose sums cannot overflow; ``2U = R - n(n+1)``
+    and ``2 n (N - n)`` are exact 64-bit integers, and every AUC is computed as the bit
+    pattern of the float64 the float64 path computes (``RN64(2U / 2n(N-n))`` by integer
+    long division; also ``1 - AUC`` in compat mode and the differentiability of the
+    expansion order). Selections compare those bits as exact 64-bit keys, so the float32
+    path ranks every candidate exactly as the float64 one: same beams, ties included, for
+    every N < 2^24 (bigger N is refused). The AUC reported inside the search is that
+    float64 rounded to float32; the returned AUCs, fractions and p-values are recomputed
+    in float64 on the host CPU from the exact integers (and the tie term on the host), so
+    they are identical to the float64 path. The float32 path ranks float64 activations as
+    float32 when ``rank_on="device"`` (values equal in float32 are ties). "auto" chooses
+    by :func:`resolve_precision`.
     """
     if devices is not None:  # deprecated alias (the default "all" counts as not given)
         mesh = resolve_mesh_alias(None if mesh == "all" else mesh, devices, "devices",

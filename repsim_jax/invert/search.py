@@ -34,16 +34,19 @@ the beam formula, the concept and all inputs:
     b \land c = X,\quad b \land \lnot c = T_b - X,\quad
     b \lor c = T_b + T_c - X,\quad b \lor \lnot c = T_\Omega - T_c + X.
 
-All statistics are integers held exactly in float64, so equal supports give equal AUCs
-and ties break like a stable sort. Selection is a two-level ``lax.top_k`` (lower index
+All statistics are integers held exactly in float64 (or, in the float32 path for
+backends without float64, in uint32 limbs with the AUCs as float64 bit patterns:
+:mod:`repsim_jax.invert.wide`), so equal supports give equal AUCs and ties break like a
+stable sort, identically in both paths. Selection is a two-level ``lax.top_k`` (lower index
 first on ties, :func:`stable_top_k`) over the pool of :math:`B(1 + 2|E|)` candidates of
 each neuron; nothing of size N is touched after the ranking.
 
 Layout of the work. Per neuron, the ranks (one sort), the group rank sums and the
 expansion list are computed once (:func:`group_rank_sums_host` with numpy's vectorised
 sort on CPU, :func:`_stats_device` with XLA's sort on accelerators); the steps run in one
-jit-compiled function vectorised over blocks of neurons (``lax.map``), and the neuron axis
-is sharded over devices with ``shard_map`` (every neuron is independent).
+jit-compiled function vectorised over blocks of neurons (``lax.map``), called on host-level
+chunks of neurons of one shape (progress between chunks, one compilation), and the neuron
+axis is sharded over devices with ``shard_map`` (every neuron is independent).
 
 Modes. ``compat=True`` keeps every candidate (duplicates included), emulates the official
 code's float32 concept fractions and its AUC of 0 for empty / all-true concepts, and so
@@ -132,7 +135,7 @@ class SearchConfig:
 
 
 PRECISIONS = ("float64", "float32")
-MAX_N_32 = 2 ** 24 - 1  # the largest N of the float32 path (see "Precision" above)
+MAX_N_32 = 2 ** 24 - 1  # the largest N of the float32 path (explain's "Precision")
 _NAN_BITS = 0x7FF8000000000000  # an undefined AUC in the float32 path (IEEE NaN bits)
 
 
@@ -822,7 +825,8 @@ def beam_search(acts: np.ndarray, table: ConceptTable, cfg: SearchConfig, mesh=N
     Keys: ``literals`` (U, L, B, L) int32 literal ids (-1 = none), ``ops`` (U, L, B, L),
     ``rank_sum2`` and ``count`` (U, L, B) float64 (exact integers in both precisions),
     ``auc`` (U, L, B) float64 (recomputed on the host from the exact integers, so the two
-    precisions report identical AUCs), ``valid`` (U, L, B), ``tie_term`` (U,),
+    precisions report identical AUCs), ``auc_device`` (U, L, B) the AUC as computed in the
+    search (float64, or the float64 rounded to float32 in the float32 path), ``valid`` (U, L, B), ``tie_term`` (U,),
     ``constant`` (U,), ``complete`` (U,) (default mode: whether the de-duplicated beam is
     exact; the caller retries with a larger ``dedup_factor``).
     ``mesh``: ``repsim_jax._devices`` convention (None: the default device); neurons are
