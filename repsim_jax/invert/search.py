@@ -631,8 +631,7 @@ def _rank_block(a, group, n_groups):
     else:  # exact float64 order
         idx = np.argsort(a, axis=1)
         vals = np.take_along_axis(a, idx, axis=1)
-    start = np.ones((u, n), bool)
-    start[:, 1:] = vals[:, 1:] != vals[:, :-1]
+    start = _run_starts(vals)
     del vals
     gid = group[idx].astype(np.int64)
     gid += (np.arange(u, dtype=np.int64) * n_groups)[:, None]
@@ -641,24 +640,37 @@ def _rank_block(a, group, n_groups):
         rho = np.broadcast_to(np.arange(2.0, 2.0 * n + 1.0, 2.0), (u, n))
         tie = np.zeros(u)
     else:  # tie groups over the flattened block (every row starts a group)
-        starts = np.flatnonzero(start.ravel())
-        sizes = np.diff(np.append(starts, u * n))
+        starts, sizes = _runs(start)
         rho = np.repeat(2.0 * (starts % n) + sizes + 1.0, sizes)  # first + last + 2
-        s64 = sizes.astype(np.float64)
-        tie = np.bincount(starts // n, weights=s64 ** 3 - s64, minlength=u)
+        tie = _tie_sum(starts, sizes, u, n)
     rho_g = np.bincount(gid.ravel(), weights=np.ravel(rho), minlength=u * n_groups)
     return rho_g.reshape(u, n_groups), tie, n_runs == 1
+
+
+def _run_starts(vals: np.ndarray) -> np.ndarray:
+    """(U, N) bool: where a run of equal values starts in each sorted row."""
+    start = np.ones(vals.shape, bool)
+    start[:, 1:] = vals[:, 1:] != vals[:, :-1]
+    return start
+
+
+def _runs(start: np.ndarray):
+    """Flat start positions and sizes of the runs of a (U, N) start mask (every row starts
+    a run, so runs never cross rows)."""
+    starts = np.flatnonzero(start.ravel())
+    return starts, np.diff(np.append(starts, start.size))
+
+
+def _tie_sum(starts, sizes, u: int, n: int) -> np.ndarray:
+    """(U,) sum over the tie groups of each row of t^3 - t (float64)."""
+    s64 = sizes.astype(np.float64)
+    return np.bincount(starts // n, weights=s64 ** 3 - s64, minlength=u)
 
 
 def _tie_term_host(a: np.ndarray) -> np.ndarray:
     """(U,) sum over tie groups of t^3 - t of each row (float64, as the host ranking)."""
     u, n = a.shape
-    s = np.sort(a, axis=1)
-    start = np.ones((u, n), bool)
-    start[:, 1:] = s[:, 1:] != s[:, :-1]
-    starts = np.flatnonzero(start.ravel())
-    sizes = np.diff(np.append(starts, u * n)).astype(np.float64)
-    return np.bincount(starts // n, weights=sizes ** 3 - sizes, minlength=u)
+    return _tie_sum(*_runs(_run_starts(np.sort(a, axis=1))), u, n)
 
 
 def group_rank_sums_host(acts: np.ndarray, table: ConceptTable, block: int = 32):
