@@ -29,7 +29,8 @@ from repsim_jax._results import result
 from repsim_jax.invert.auc import ALTERNATIVES, benjamini_hochberg, mann_whitney_from_rank_sums
 from repsim_jax.invert.formula import Formula, formula_string
 from repsim_jax.invert.search import (ConceptTable, SearchConfig, _check_precision,
-                                     beam_search, concept_table, null_best_auc)
+                                     beam_search, check_chunk, concept_table,
+                                     null_best_auc)
 
 __all__ = ["Explanation", "NeuronBeam", "InvertResult", "InvertLayers", "explain",
            "reduce_activations", "resolve_precision", "REDUCTIONS", "PRECISIONS"]
@@ -474,8 +475,7 @@ def explain(activations, labels, concept_names: Sequence[str], *, L: int = 3, B:
                   mode=mode, limit_search=limit_search, compat=compat, reduction=reduction,
                   alternative=alternative, permutations=int(permutations), seed=int(seed),
                   precision=prec)
-    if chunk is not None and int(chunk) < 1:
-        raise InputError(f"chunk must be >= 1 neurons or None, got {chunk}")
+    check_chunk(chunk)   # before any layer is searched
     label = lambda name, what: f"invert{' ' + name if name else ''}{what}"  # noqa: E731
     runs = {name: _run(a, table, cfg, mesh, alternative, compat, rank_on,
                        progress=progress, desc=label(name, ""), chunk=chunk)

@@ -784,12 +784,17 @@ def _mesh_layout(mesh, n_units: int, block: int):
 CHUNK_NEURONS = 1024  # default neurons per compiled call of the search (progress steps)
 
 
+def check_chunk(chunk: int | None) -> None:
+    """Refuses a ``chunk`` (neurons per compiled call) that is not None or >= 1."""
+    if chunk is not None and int(chunk) < 1:
+        raise InputError(f"chunk must be >= 1 neurons or None, got {chunk}")
+
+
 def _chunking(padded: int, unit: int, chunk: int | None):
     """(neurons per chunk, number of chunks): chunks are multiples of ``unit`` (block x
     devices) covering ``padded`` neurons; by default about ``CHUNK_NEURONS`` each, sized so
     that padding the last one adds less than one ``unit`` per chunk."""
-    if chunk is not None and int(chunk) < 1:
-        raise InputError(f"chunk must be >= 1 neurons or None, got {chunk}")
+    check_chunk(chunk)
     target = CHUNK_NEURONS if chunk is None else int(chunk)
     n_chunks = max(1, -(-padded // max(target, unit)))
     size = -(-padded // n_chunks)
