@@ -71,7 +71,7 @@ from repsim_jax._checks import InputError
 from repsim_jax._devices import as_mesh, resolve_mesh_alias
 from repsim_jax.invert import wide
 from repsim_jax.invert.auc import auc_from_rank_sums, twice_average_ranks
-from repsim_jax.invert.wide import U64
+from repsim_jax.invert.wide import U64, tree as _t  # leaf by leaf: arrays, limbs, keys
 
 __all__ = ["ConceptTable", "concept_table", "SearchConfig", "beam_search"]
 
@@ -190,11 +190,6 @@ def _auc_out(auc):
     if isinstance(auc, U64):
         return jnp.where(_defined(auc), wide.bits_to_float32(auc), jnp.float32(jnp.nan))
     return auc
-
-
-def _t(fn, *xs):
-    """``fn`` leaf by leaf: plain arrays, U64 limbs and (hi, lo) score keys alike."""
-    return jax.tree_util.tree_map(fn, *xs)
 
 
 def _tw(cond, a, b):
