@@ -41,8 +41,8 @@ from repsim_jax.cladec.decoder import reinitialize
 from repsim_jax.cladec.train import (_check_labels, _logits, _stack, _taps, _with_mode,
                                      check_images, frozen, map_members, train_members)
 
-__all__ = ["reconstruction_error", "RetrainAccuracy", "retrain_accuracy", "gradient_saliency", "difference_map",
-           "deletion_curve", "saliency_comparison"]
+__all__ = ["reconstruction_error", "RetrainAccuracy", "retrain_accuracy", "gradient_saliency",
+           "difference_map", "deletion_curve", "saliency_comparison"]
 
 
 def reconstruction_error(images, reconstructions, *, reduction: str = "sum") -> float:
