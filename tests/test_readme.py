@@ -3,8 +3,9 @@
 Rules (for everyone editing the README):
 
 - every block fenced as ```python is run, top to bottom, in ONE namespace (later blocks use
-  the names of earlier ones), in a fresh process with one CPU device (as on a laptop) and
-  a fresh temporary folder as working directory;
+  the names of earlier ones), in a fresh process with 8 simulated CPU devices (as the rest
+  of the suite: multi-device code paths such as sharding and replication are exercised)
+  and a fresh temporary folder as working directory;
 - a block whose first line is ``# not run`` is skipped (for snippets that need files or
   hardware the test machine does not have); say why on that line;
 - sizes are shrunk by the plain-text substitutions in ``SMALL`` (applied where they occur),
@@ -87,12 +88,13 @@ def run_blocks() -> None:
 
 @pytest.mark.slow
 def test_readme_python_blocks_run(tmp_path):
-    # a fresh process with ONE CPU device, as a reader runs the README on a laptop (the
-    # test session simulates 8 devices); the working directory is a temporary folder
+    # a fresh process with 8 simulated CPU devices, as the rest of the suite (a reader's
+    # multi-GPU machine takes the same sharded paths); the working directory is a
+    # temporary folder
     import subprocess
     import sys
     _wait_for_models()
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
                PYTHONPATH=os.pathsep.join([str(README.parent),
                                            os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve())], cwd=tmp_path,

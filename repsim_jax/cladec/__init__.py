@@ -7,7 +7,7 @@ saliency deletion test), ``plots`` (PNG grids).
 """
 from repsim_jax.cladec.decoder import Decoder, UpConv, decoder_plan, reinitialize
 from repsim_jax.cladec.evaluate import (deletion_curve, difference_map, gradient_saliency,
-                                        reconstruction_error, retrain_accuracy,
+                                        reconstruction_error, RetrainAccuracy, retrain_accuracy,
                                         SaliencyComparison, saliency_comparison)
 from repsim_jax.cladec.plots import plot_cladec_grid, plot_deletion_curves, plot_rows
 from repsim_jax.cladec.train import (AutoencoderFit, CladecFit, DecoderGroup, fit_cladec,
@@ -17,4 +17,4 @@ __all__ = ["AutoencoderFit", "CladecFit", "Decoder", "DecoderGroup", "UpConv", "
            "deletion_curve", "difference_map", "fit_cladec", "fit_reference_ae",
            "gradient_saliency", "plot_cladec_grid", "plot_deletion_curves", "plot_rows",
            "reconstruct", "reconstruct_ae", "reconstruction_error", "reinitialize",
-           "retrain_accuracy", "SaliencyComparison", "saliency_comparison"]
+           "RetrainAccuracy", "retrain_accuracy", "SaliencyComparison", "saliency_comparison"]

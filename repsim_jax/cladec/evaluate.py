@@ -41,8 +41,8 @@ from repsim_jax.cladec.decoder import reinitialize
 from repsim_jax.cladec.train import (_check_labels, _logits, _stack, _taps, _with_mode,
                                      check_images, frozen, map_members, train_members)
 
-__all__ = ["reconstruction_error", "retrain_accuracy", "gradient_saliency", "difference_map",
-           "deletion_curve", "saliency_comparison"]
+__all__ = ["reconstruction_error", "RetrainAccuracy", "retrain_accuracy", "gradient_saliency",
+           "difference_map", "deletion_curve", "saliency_comparison"]
 
 
 def reconstruction_error(images, reconstructions, *, reduction: str = "sum") -> float:
@@ -71,17 +71,37 @@ def _sets(name, sets, n_ref=None):
     return jnp.stack([jnp.asarray(v, jnp.float32) for v in sets.values()])
 
 
+@result(meta=("steps", "n_train", "n_test"), eq=False)
+class RetrainAccuracy:
+    """Result of :func:`retrain_accuracy`.
+
+    ``accuracy`` ``{name: test accuracy}`` keyed by the names of the input sets (in their
+    order); ``steps`` training steps of each fresh classifier; ``n_train`` / ``n_test``
+    images per training / test set. ``acc["cladec"]`` reads ``acc.accuracy["cladec"]``.
+    """
+    accuracy: dict
+    steps: int
+    n_train: int
+    n_test: int
+
+    def __getitem__(self, name):
+        if name not in self.accuracy:
+            raise unknown_name("image set", name, list(self.accuracy))
+        return self.accuracy[name]
+
+
 def retrain_accuracy(classifier: nnx.Module, train_sets: Mapping[str, np.ndarray], train_labels,
                      test_sets: Mapping[str, np.ndarray], test_labels, *, steps: int = 500,
                      batch_size: int = 64, lr: float = 1e-3, weight_decay: float = 0.0,
                      seed: int = 0, progress: bool = True,
-                     member_map: str = "auto") -> dict[str, float]:
+                     member_map: str = "auto") -> RetrainAccuracy:
     """Test accuracy of a fresh ``classifier`` trained on each decoded training set.
 
     ``train_sets`` / ``test_sets``: ``{name: images}`` with the same names (e.g. ``"input"``,
     ``"cladec alpha=0.5"``, ``"ae"``). One fresh copy per name (same initial weights), all
     trained in one step (``member_map``, see :func:`~repsim_jax.cladec.train.map_members`);
-    returns ``{name: accuracy on test_sets[name]}``. ``classifier`` may be any capture-convention
+    returns a :class:`RetrainAccuracy` whose ``accuracy`` is ``{name: accuracy on
+    test_sets[name]}``. ``classifier`` may be any capture-convention
     model taking these images (the paper retrains the explained classifier's architecture).
     """
     if set(train_sets) != set(test_sets):
@@ -121,7 +141,8 @@ def retrain_accuracy(classifier: nnx.Module, train_sets: Mapping[str, np.ndarray
                                                        graphdef=eval_graphdef))
                                for j in range(0, xte.shape[1], 512)])
         out[name] = float(np.mean(pred == yte))
-    return out
+    return RetrainAccuracy(accuracy=out, steps=int(steps), n_train=int(xtr.shape[1]),
+                           n_test=int(xte.shape[1]))
 
 
 def gradient_saliency(classifier: nnx.Module, images, labels, *,

@@ -28,7 +28,8 @@ from repsim_jax._devices import as_mesh, resolve_mesh_alias
 from repsim_jax._results import result
 from repsim_jax.invert.auc import ALTERNATIVES, benjamini_hochberg, mann_whitney_from_rank_sums
 from repsim_jax.invert.formula import Formula, formula_string
-from repsim_jax.invert.search import (ConceptTable, SearchConfig, beam_search, concept_table,
+from repsim_jax.invert.search import (ConceptTable, SearchConfig, _check_precision,
+                                     beam_search, check_chunk, concept_table,
                                      null_best_auc)
 
 __all__ = ["Explanation", "NeuronBeam", "InvertResult", "InvertLayers", "explain",
@@ -293,8 +294,10 @@ def resolve_precision(precision: str = "auto", mesh=None) -> str:
     return "float64"
 
 
-def _run(acts2d, table, cfg, mesh, alternative, compat, rank_on):
-    out = beam_search(acts2d.T, table, cfg, mesh=mesh, rank_on=rank_on)
+def _run(acts2d, table, cfg, mesh, alternative, compat, rank_on, progress=None,
+         desc="invert", chunk=None):
+    out = beam_search(acts2d.T, table, cfg, mesh=mesh, rank_on=rank_on, progress=progress,
+                      desc=desc, chunk=chunk)
     factor = cfg.dedup_factor
     while not compat and not out["complete"].all():
         # rare: more equal supports near the top than the de-duplication looked at; redo
@@ -303,7 +306,7 @@ def _run(acts2d, table, cfg, mesh, alternative, compat, rank_on):
         factor *= 4
         cfg = dataclasses.replace(cfg, dedup_factor=factor)
         again = beam_search(np.ascontiguousarray(acts2d[:, redo].T), table, cfg,
-                            mesh=mesh, rank_on=rank_on)
+                            mesh=mesh, rank_on=rank_on, progress=False)
         for k, v in again.items():
             out[k][redo] = v
     n_total = acts2d.shape[0]
@@ -331,11 +334,13 @@ def _run(acts2d, table, cfg, mesh, alternative, compat, rank_on):
                 best_log_p_value=best_log_p, constant=constant)
 
 
-def _permutation_test(acts2d, run, table, cfg, mesh, n_perm, seed, offset, chunk):
+def _permutation_test(acts2d, run, table, cfg, mesh, n_perm, seed, offset, chunk,
+                      progress=None, desc="invert null"):
     """Selection-aware p-values: the observed best AUC against the best AUCs of the whole
     search on permuted inputs; ``p = (1 + #{null >= observed}) / (1 + n)``."""
     null = null_best_auc(acts2d.T, table, cfg, n_perm, seed, mesh=mesh, chunk=chunk,
-                         neuron_ids=offset + np.arange(acts2d.shape[1]))
+                         neuron_ids=offset + np.arange(acts2d.shape[1]), progress=progress,
+                         desc=desc)
     sign = 1.0 if cfg.positive else -1.0
     obs = sign * np.where(run["valid"][:, -1, 0], run["auc"][:, -1, 0], -np.inf * sign)
     hits = np.sum(np.nan_to_num(sign * null, nan=-np.inf) >= obs[:, None], axis=1)
@@ -348,7 +353,8 @@ def explain(activations, labels, concept_names: Sequence[str], *, L: int = 3, B:
             limit_search: int | None = None, compat: bool = False, reduction: str = "mean",
             alternative: str = "two-sided", permutations: int = 0, seed: int = 0,
             permutation_chunk: int | None = None, precision: str = "auto", mesh="all",
-            block: int | None = None, rank_on: str | None = None, devices=None):
+            block: int | None = None, rank_on: str | None = None, chunk: int | None = None,
+            progress: bool | None = None, devices=None):
     """INVERT: the B best compositional concept formulas (<= L literals) of each neuron.
 
     Args:
@@ -376,6 +382,11 @@ def explain(activations, labels, concept_names: Sequence[str], *, L: int = 3, B:
       block: neurons per vectorised block (default: from the problem size); rank_on:
         "host" (numpy sort, default on CPU) or "device" (XLA sort) for the per-neuron
         ranks.
+      chunk: neurons per compiled call (default ~1024; one shape, compiled once, the last
+        chunk padded); results do not depend on it.
+      progress: progress over the neuron chunks of each layer (and the permutation
+        chunks), :mod:`repsim_jax._progress` convention: None/True a bar on a terminal,
+        lines in a log (for a search longer than 30 s), False nothing.
     Returns:
       a :class:`NeuronBeam` for (N,) input, an :class:`InvertResult` (a sequence of
       :class:`NeuronBeam`, sliceable) for one layer, or an :class:`InvertLayers` (a
@@ -398,17 +409,21 @@ def explain(activations, labels, concept_names: Sequence[str], *, L: int = 3, B:
     ``perm_q_value`` is Benjamini-Hochberg of those over the neurons of the call.
 
     Precision. "float64" runs the search on exact integer statistics held in float64
-    (x64 switched on locally). "float32" is for backends without float64 (TPU): ranks are
-    int32, rank sums and counts uint32 with modular (wrap-around) arithmetic, which is
-    exact for the quantities used, ``2U = R - n(n+1)`` and ``2 n (N - n)``, as long as
-    they are below 2^32, i.e. for every N <= 92681 (bigger N is refused). Candidate AUCs
-    inside the search are float32 (both integers rounded once when above 2^24, then
-    divided); the returned AUCs, fractions and p-values are recomputed in float64 on the
-    host CPU from the exact integers, so they are identical to the float64 path, and so
-    are the beams unless two distinct candidate AUCs round to the same float32 (a
-    relative difference below ~6e-8): then the tie goes to pool order. The float32 path
-    ranks float64 activations as float32 when ``rank_on="device"`` (values equal in float32
-    are ties). "auto" chooses by :func:`resolve_precision`.
+    (x64 switched on locally). "float32" is for backends without float64 (TPU) and uses
+    32-bit integers only (:mod:`repsim_jax.invert.wide`): ranks and counts are int32 /
+    uint32; twice the rank sums (up to N(N+1) < 2^48) are two uint32 limbs with carries,
+    summed exactly by splitting into limbs whose sums cannot overflow; ``2U = R - n(n+1)``
+    and ``2 n (N - n)`` are exact 64-bit integers, and every AUC is computed as the bit
+    pattern of the float64 the float64 path computes (``RN64(2U / 2n(N-n))`` by integer
+    long division; also ``1 - AUC`` in compat mode and the differentiability of the
+    expansion order). Selections compare those bits as exact 64-bit keys, so the float32
+    path ranks every candidate exactly as the float64 one: same beams, ties included, for
+    every N < 2^24 (bigger N is refused). The AUC reported inside the search is that
+    float64 rounded to float32; the returned AUCs, fractions and p-values are recomputed
+    in float64 on the host CPU from the exact integers (and the tie term on the host), so
+    they are identical to the float64 path. The float32 path ranks float64 activations as
+    float32 when ``rank_on="device"`` (values equal in float32 are ties). "auto" chooses
+    by :func:`resolve_precision`.
     """
     if devices is not None:  # deprecated alias (the default "all" counts as not given)
         mesh = resolve_mesh_alias(None if mesh == "all" else mesh, devices, "devices",
@@ -438,6 +453,7 @@ def explain(activations, labels, concept_names: Sequence[str], *, L: int = 3, B:
         a = reduce_activations(x, reduction)
         acts[name] = a[:, None] if a.ndim == 1 else a
     n_inputs = next(iter(acts.values())).shape[0]
+    _check_precision(SearchConfig(L=1, B=1, precision=prec), n_inputs)   # before any work
     for name, a in acts.items():
         if a.shape[0] != n_inputs:
             raise InputError(f"layer {name!r} has {a.shape[0]} inputs, expected {n_inputs}")
@@ -459,7 +475,10 @@ def explain(activations, labels, concept_names: Sequence[str], *, L: int = 3, B:
                   mode=mode, limit_search=limit_search, compat=compat, reduction=reduction,
                   alternative=alternative, permutations=int(permutations), seed=int(seed),
                   precision=prec)
-    runs = {name: _run(a, table, cfg, mesh, alternative, compat, rank_on)
+    check_chunk(chunk)   # before any layer is searched
+    label = lambda name, what: f"invert{' ' + name if name else ''}{what}"  # noqa: E731
+    runs = {name: _run(a, table, cfg, mesh, alternative, compat, rank_on,
+                       progress=progress, desc=label(name, ""), chunk=chunk)
             for name, a in acts.items()}
     all_log_p = np.concatenate([r["best_log_p_value"] for r in runs.values()])
     q, log_q = benjamini_hochberg(log_p=all_log_p)
@@ -468,7 +487,8 @@ def explain(activations, labels, concept_names: Sequence[str], *, L: int = 3, B:
         offset = 0
         for name, a in acts.items():
             perm[name] = _permutation_test(a, runs[name], table, cfg, mesh, int(permutations),
-                                           int(seed), offset, permutation_chunk)
+                                           int(seed), offset, permutation_chunk,
+                                           progress=progress, desc=label(name, " null"))
             offset += a.shape[1]
         perm_q, _ = benjamini_hochberg(np.concatenate([v[0] for v in perm.values()]))
     results, start = {}, 0

@@ -366,7 +366,7 @@ def adapt_invert(unit, ctx) -> dict[str, Any]:
     # every option but "layers" is a keyword of explain (checked by sweep.options)
     kw = {k: v for k, v in opts.items() if k != "layers"}
     out = explain({l: acts[l] for l in unit.layers}, ctx.data.concept_labels,
-                  list(ctx.data.concept_names), mesh=ctx.mesh, **kw)
+                  list(ctx.data.concept_names), mesh=ctx.mesh, progress=_inner(ctx), **kw)
     rows, arrays, figures = [], {}, []
     for l in unit.layers:
         res = out[l]
@@ -612,7 +612,7 @@ def adapt_cladec(unit, ctx) -> dict[str, Any]:
                       {k: v[h:] for k, v in sets.items()}, ctx.data.labels[h:],
                       steps=retrain_steps, batch_size=min(32, h), seed=seed,
                       progress=_inner(ctx))
-        row.update({f"retrain_accuracy_{k}": float(v) for k, v in acc.items()})
+        row.update({f"retrain_accuracy_{k}": float(v) for k, v in acc.accuracy.items()})
         row["retrain_steps"], row["retrain_test_images"] = retrain_steps, len(images) - h
     return {"arrays": {"reconstruction": rec, "reconstruction_ae": rec_ae, "grid": grid},
             "tables": {"cladec": [row]},

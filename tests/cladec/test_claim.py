@@ -26,7 +26,8 @@ def claim_numbers(model, layer, xtr, ytr, xte, yte, *, alphas=ALPHAS, cladec_ste
     train_sets = {k: v[:n] for k, v in decoded.items()}
     test_sets = {k: v[n:] for k, v in decoded.items()}
     acc = retrain_accuracy(model, train_sets, ytr, test_sets, yte, steps=retrain_steps,
-                           lr=retrain_lr, batch_size=batch_size, progress=False, seed=seed)
+                           lr=retrain_lr, batch_size=batch_size, progress=False,
+                           seed=seed).accuracy
     err = {k: reconstruction_error(xte, v) for k, v in test_sets.items()}
     return fit, ae, acc, err, test_sets
 

@@ -97,3 +97,33 @@ def test_plots_write_pngs(tmp_path):
     assert mpimg.imread(plot_deletion_curves(comp, tmp_path / "d.png")).shape[0] > 100
     with pytest.raises(InputError, match="rows"):
         plot_rows({}, tmp_path / "x.png")
+
+
+def test_retrain_accuracy_result_on_planted_sets(tmp_path):
+    """A set whose class is written in one pixel is learnt (accuracy 1); a set of pure noise
+    images stays at chance. The result keeps the set names in order and says its sizes."""
+    from repsim_jax._results import load_result
+    from repsim_jax.cladec import RetrainAccuracy, retrain_accuracy
+    rng = np.random.default_rng(0)
+    n_tr, n_te, c = 200, 100, 4
+
+    def planted(n, y):
+        x = 0.1 * rng.random((n, 8, 8, 1), dtype=np.float32)
+        x[np.arange(n), 0, y, 0] = 1.0
+        return x
+
+    ytr, yte = rng.integers(0, c, n_tr), rng.integers(0, c, n_te)
+    train = {"planted": planted(n_tr, ytr), "noise": rng.random((n_tr, 8, 8, 1), np.float32)}
+    test = {"planted": planted(n_te, yte), "noise": rng.random((n_te, 8, 8, 1), np.float32)}
+    model = Linear(np.zeros((64, c), np.float32))
+    acc = retrain_accuracy(model, train, ytr, test, yte, steps=150, batch_size=32, lr=0.05,
+                           progress=False)
+    assert isinstance(acc, RetrainAccuracy)
+    assert list(acc.accuracy) == ["planted", "noise"]
+    assert (acc.steps, acc.n_train, acc.n_test) == (150, n_tr, n_te)
+    assert acc["planted"] == 1.0
+    assert abs(acc["noise"] - 1 / c) < 0.15           # chance, 100 test images
+    with pytest.raises(KeyError, match="image set"):
+        acc["ae"]
+    kind, d = load_result(acc.save(tmp_path / "acc"))
+    assert kind == "RetrainAccuracy" and d["accuracy"] == acc.accuracy and d["n_test"] == n_te

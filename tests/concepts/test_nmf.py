@@ -27,8 +27,10 @@ def test_nmf_matches_sklearn_reconstruction_error(max_iter, init):
     assert float(W.min()) >= 0 and float(H.min()) >= 0
     err = reconstruction_error(X, W, H)
     assert abs(err - sk.reconstruction_err_) <= 0.01 * sk.reconstruction_err_
-    # same algorithm and stopping rule: the iteration counts agree (to a float32 wobble)
-    assert abs(n_iter - sk.n_iter_) <= max(2, 0.05 * sk.n_iter_)
+    # same algorithm and stopping rule: the iteration counts agree to a float32 wobble
+    # (the rule compares a slowly decaying violation with tol, so a last-digit difference
+    # moves the stop by a few steps: 71 vs 67 seen on a CI run; another rule differs ~2x)
+    assert abs(n_iter - sk.n_iter_) <= max(3, 0.1 * sk.n_iter_)
 
 
 def test_nndsvd_init_matches_sklearn():

@@ -41,24 +41,52 @@ def test_float32_path_equals_float64_on_official_reference(shared_dir):
     assert f32.valid.sum() == 24 * 3 * 5
 
 
-def test_float32_path_modular_rank_sums_beyond_2_32(world):
-    # N = 70000: twice the rank sums reach N (N + 1) > 2^32, so the uint32 statistics wrap;
-    # 2U and 2 n (N - n) stay below 2^32 and the beams equal the float64 ones
+def test_float32_path_exact_beyond_2_32(world):
+    # N = 100000: twice the rank sums reach N (N + 1) > 2^33 and 2 n (N - n) > 2^32 (beyond
+    # the old uint32 limit N <= 92681): the limbs keep them exact, beams and AUCs equal
     _, lab0, names = world
     rng = np.random.default_rng(3)
-    n = 70_000
+    n = 100_000
     lab = lab0[rng.integers(0, lab0.shape[0], n)][:, [3, 5, 20, 36, 45, 46]]
     names = [names[i] for i in [3, 5, 20, 36, 45, 46]]
     acts = np.stack([1.0 * (lab[:, 0] | lab[:, 2]) + rng.normal(size=n),
                      np.round(rng.normal(size=n), 1)], 1)           # many ties in neuron 2
-    kw = dict(L=2, B=2, mesh=None, max_fraction=0.9)
+    kw = dict(L=2, B=2, mesh=None, min_fraction=0.35, max_fraction=0.9)
     f64 = explain(acts, lab, names, precision="float64", **kw)
     f32 = explain(acts, lab, names, precision="float32", **kw)
-    assert f64.count.max() * (n + 1) > 2 ** 32 // 2          # rank sums beyond uint32
+    cnt = f64.count[f64.valid]
+    assert (2 * cnt * (n - cnt)).max() > 2 ** 32 and f64.valid.all()
     _same(f64, f32)
-    with pytest.raises(InputError, match="92681"):
-        explain(np.arange(MAX_N_32 + 1.0), np.arange(MAX_N_32 + 1)[:, None] % 2 == 0, ["even"],
-                L=1, B=1, precision="float32")
+    f32d = explain(acts.astype(np.float32), lab, names, precision="float32", rank_on="device",
+                   **kw)                                   # ranks + limbs on the device
+    _same(explain(acts.astype(np.float32), lab, names, precision="float64", **kw), f32d)
+
+
+@pytest.mark.parametrize("kw", [dict(mode="negative", limit_search=20, min_fraction=0.02, L=2),
+                                dict(compat=True), dict(B=5, max_fraction=0.7, L=2)])
+def test_float32_search_orders_as_float64_and_reports_rounded_aucs(world, kw):
+    from repsim_jax.invert.search import SearchConfig, beam_search, concept_table
+    acts, lab, _ = world
+    mode = kw.pop("mode", "positive")
+    cfg = {**dict(L=3, B=4), **kw, "positive": mode == "positive"}
+    table = concept_table(lab)
+    a = beam_search(acts.T, table, SearchConfig(**cfg), mesh=None)
+    b = beam_search(acts.T, table, SearchConfig(**cfg, precision="float32"), mesh=None,
+                    rank_on="device")                      # device ranks, expansion order
+    for k in ("literals", "ops", "valid", "count", "rank_sum2", "auc", "tie_term"):
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)   # same beams, ties included
+    ok = a["valid"].astype(bool)
+    assert b["auc_device"].dtype == np.float32 and ok.sum() > 50
+    # the AUC computed inside the float32 search is the float64 one rounded to float32
+    np.testing.assert_array_equal(b["auc_device"][ok], a["auc_device"][ok].astype(np.float32))
+
+
+def test_float32_path_limit_is_2_24():
+    assert MAX_N_32 == 2 ** 24 - 1
+    n = 2 ** 24
+    with pytest.raises(InputError, match="2\\^24"):
+        explain(np.zeros(n, np.float32), np.arange(n)[:, None] % 2 == 0, ["even"], L=1, B=1,
+                precision="float32")
 
 
 def test_precision_is_chosen_automatically(monkeypatch):
@@ -139,3 +167,13 @@ def test_deprecated_devices_alias_warns(world):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         explain(acts[:, :3], lab, names, L=2, B=3)
+
+
+def test_float32_null_equals_float64_null(world):
+    acts, lab, names = world
+    kw = dict(L=2, B=2, permutations=4, permutation_chunk=4, seed=4, mesh=None)
+    f64 = explain(acts[:, :3], lab, names, precision="float64", **kw)
+    f32 = explain(acts[:, :3], lab, names, precision="float32", **kw)
+    assert np.isfinite(f64.null_auc).all()
+    np.testing.assert_array_equal(f64.null_auc, f32.null_auc)
+    np.testing.assert_array_equal(f64.perm_p_value, f32.perm_p_value)
