@@ -93,21 +93,28 @@ def test_bad_layer_inputs(acts):
 
 
 # ------------------------------------------------ the all-pairs fast path (no resampling)
-ALL = {"cka": S.cka, "cka_debiased": lambda x, y: S.cka(x, y, debiased=True),
-       "rbf_cka": lambda x, y: S.cka(x, y, kernel="rbf"),
-       "rbf_cka_debiased": lambda x, y: S.cka(x, y, kernel="rbf", debiased=True),
-       "rsa": S.rsa, "rsa(compare=pearson)": lambda x, y: S.rsa(x, y, compare="pearson"),
-       "rsa(compare=cosine,rdm=euclidean)":
-           lambda x, y: S.rsa(x, y, rdm="euclidean", compare="cosine"),
-       "procrustes": S.procrustes, "cca(ridge=0.1)": lambda x, y: S.cca(x, y, ridge=0.1),
-       "svcca": S.svcca, "pwcca(ridge=0.1)": lambda x, y: S.pwcca(x, y, ridge=0.1),
-       "mutual_knn(k=5)": lambda x, y: S.mutual_knn(x, y, k=5),
-       "cknna(k=5)": lambda x, y: S.cknna(x, y, k=5)}
-ALL_SPECS = ["cka", "cka_debiased", "rbf_cka", "rbf_cka_debiased", "rsa",
-             ("rsa", {"compare": "pearson"}), ("rsa", {"rdm": "euclidean",
-                                                       "compare": "cosine"}),
-             "procrustes", ("cca", {"ridge": 0.1}), "svcca", ("pwcca", {"ridge": 0.1}),
-             ("mutual_knn", {"k": 5}), ("cknna", {"k": 5})]
+# Each measure's all-pairs route (compare_layers without resampling) against the single-pair
+# function. Few distinct layer shapes (each costs a compile of both): two groups per side.
+SINGLE_ALL = {
+    "cka": S.cka, "cka_debiased": lambda x, y: S.cka(x, y, debiased=True),
+    "rbf_cka": lambda x, y: S.cka(x, y, kernel="rbf"),
+    "rbf_cka_debiased": lambda x, y: S.cka(x, y, kernel="rbf", debiased=True),
+    "rsa": S.rsa, "rsa(compare=cosine,rdm=euclidean)":
+        lambda x, y: S.rsa(x, y, rdm="euclidean", compare="cosine"),
+    "procrustes": S.procrustes, "cca(ridge=0.1)": lambda x, y: S.cca(x, y, ridge=0.1),
+    "svcca": S.svcca, "pwcca(ridge=0.1)": lambda x, y: S.pwcca(x, y, ridge=0.1),
+    "mutual_knn(k=5)": lambda x, y: S.mutual_knn(x, y, k=5),
+    "cknna(k=5)": lambda x, y: S.cknna(x, y, k=5)}
+SPECS_ALL = {"cka": "cka", "cka_debiased": "cka_debiased", "rbf_cka": "rbf_cka",
+             "rbf_cka_debiased": "rbf_cka_debiased", "rsa": "rsa",
+             "rsa(compare=cosine,rdm=euclidean)": ("rsa", {"rdm": "euclidean",
+                                                           "compare": "cosine"}),
+             "procrustes": "procrustes", "cca(ridge=0.1)": ("cca", {"ridge": 0.1}),
+             "svcca": "svcca", "pwcca(ridge=0.1)": ("pwcca", {"ridge": 0.1}),
+             "mutual_knn(k=5)": ("mutual_knn", {"k": 5}), "cknna(k=5)": ("cknna", {"k": 5})}
+# (N, widths of a, widths of b): narrow layers (CKA's feature route), and one layer wider
+# than N (CKA's Gram route; rank-deficient bases for Procrustes / CCA)
+NARROW, WIDE = (20, (6, 6, 9), (9, 9)), (20, (6, 6, 24), (24, 24))
 
 
 def _related_layers(rng, n, widths, base):
@@ -116,26 +123,42 @@ def _related_layers(rng, n, widths, base):
             for i, d in enumerate(widths)}
 
 
-@pytest.mark.parametrize("n, widths_a, widths_b", [
-    (40, (6, 6, 12, 50), (6, 30, 30)),        # a layer wider than N: CKA's Gram route
-    (120, (4, 4, 8), (4, 6))])                # narrow layers: CKA's feature route
-def test_fast_path_equals_single_pairs_every_measure(n, widths_a, widths_b, monkeypatch):
-    rng = np.random.default_rng(n)
+def _layers(case):
+    n, wa, wb = case
+    rng = np.random.default_rng(n + len(wa))
     base = rng.normal(size=(n, 4))
-    a, b = _related_layers(rng, n, widths_a, base), _related_layers(rng, n, widths_b, base)
-    # a tiny budget: every layer prepared in its own chunk, caches evicted / bypassed
+    return _related_layers(rng, n, wa, base), _related_layers(rng, n, wb, base)
+
+
+@pytest.mark.parametrize("label", list(SINGLE_ALL))
+def test_fast_path_equals_single_pairs(label, monkeypatch):
+    cases = [NARROW, WIDE] if label == "cka_debiased" else [WIDE]
     from repsim_jax.similarity import compare as C
-    monkeypatch.setattr(C, "FAST_BUDGET", 8 * n * n * 4)
-    for other in (b, None):
-        t = S.compare_layers(a, other, ALL_SPECS, progress=False)
-        assert t.measures == tuple(ALL)
+    for case in cases:
+        a, b = _layers(case)
+        n = case[0]
+        # a tiny budget: Gram stats prepared one layer at a time, some not cached
+        monkeypatch.setattr(C, "FAST_BUDGET", 6 * n * n * 4)
+        t = S.compare_layers(a, b, [SPECS_ALL[label]], progress=False)
+        assert t.measures == (label,)
         for r in t.records():
-            y = (a if other is None else b)[r["other_layer"]]
-            want = float(ALL[r["measure"]](a[r["layer"]], y))
+            want = float(SINGLE_ALL[label](a[r["layer"]], b[r["other_layer"]]))
             assert abs(r["value"] - want) < 1e-5, (r, want)
-    # the route picks the same values as the generic grid (resampling forces the latter)
-    t = S.compare_layers(a, b, ["cka_debiased", "rsa"], progress=False)
-    g = S.compare_layers(a, b, ["cka_debiased", "rsa"], n_permutations=1, progress=False)
+            assert np.isnan(r["p"])
+
+
+def test_fast_path_self_comparison_and_generic_grid(monkeypatch):
+    """One model with itself (b-side stats shared with a's, tiny budget) equals a vs a copy
+    of a; resampling forces the generic (vmapped pair) grid: the same values."""
+    from repsim_jax.similarity import compare as C
+    a, b = _layers(WIDE)
+    ms = ["cka_debiased", "rsa"]
+    monkeypatch.setattr(C, "FAST_BUDGET", 6 * 20 * 20 * 4)
+    same = S.compare_layers(a, None, ms, progress=False)
+    copy = S.compare_layers(a, dict(a), ms, progress=False)
+    np.testing.assert_allclose(same.value, copy.value, atol=1e-6)
+    t = S.compare_layers(a, b, ms, progress=False)
+    g = S.compare_layers(a, b, ms, n_permutations=1, progress=False)
     np.testing.assert_allclose(t.value, g.value, atol=1e-5)
     assert np.all(np.isnan(t.p)) and not np.any(np.isnan(g.p))
 
