@@ -585,7 +585,7 @@ def adapt_cladec(unit, ctx) -> dict[str, Any]:
     reconstruct = _fn("repsim_jax.cladec.train", "reconstruct")
     reconstruct_ae = _fn("repsim_jax.cladec.train", "reconstruct_ae")
     model = ctx.models[unit.model]
-    images = ctx.images(unit.model)
+    images = np.asarray(ctx.images(unit.model))   # (in memory until ClaDec streams)
     (layer,) = unit.layers
     alpha = float(opts["alpha"])
     seed = ctx.seed(unit)
