@@ -33,6 +33,7 @@ import numpy as np
 
 from repsim_jax._checks import InputError
 from repsim_jax.similarity import _measure as M
+from repsim_jax.similarity import _spectral as H
 from repsim_jax.similarity.procrustes import _basis
 
 __all__ = ["cca", "svcca", "pwcca", "canonical_correlations"]
@@ -99,12 +100,70 @@ def _permute_b(st, perm):
     return {**st, "b": st["b"][perm]}
 
 
+# ------------------------------------------------------- all-pairs route (compare_layers)
+# Per layer its whitened basis U diag(f) (N, r) once, on the host (LAPACK's SVD); the cross
+# matrices of all pairs in one product; canonical correlations from the float64 spectrum
+# of each (r_x, r_y) cross matrix (values only for CCA/SVCCA, with vectors for PWCCA).
+def _host_whitened(x, ridge, keep):
+    Xc, U, s, rank = H.host_basis(x)
+    if keep is not None:
+        var = s.astype(np.float64) ** 2
+        before = (np.cumsum(var) - var) / max(var.sum(), np.finfo(np.float64).tiny)
+        rank = rank & (before < keep)
+    f = np.where(rank, s / np.sqrt(s * s + ridge * (x.shape[0] - 1)), 0.0).astype(x.dtype)
+    return Xc, U, f, rank
+
+
+def _fast_prepare(X, o, plan, kind):
+    X = np.asarray(X)
+    keep = float(o["keep"]) if kind == "svcca" else None
+    b, k, t, fs = [], [], [], []
+    for x in X:
+        Xc, U, f, rank = _host_whitened(x, float(o["ridge"]), keep)
+        b.append(U * f)
+        k.append(rank.sum())
+        if kind == "pwcca":
+            t.append(U.T @ Xc)
+            fs.append(f)
+    out = {"b": np.stack(b), "k": np.asarray(k, np.float64),
+           "d": np.full(len(X), X.shape[2], np.float64)}
+    if kind == "pwcca":
+        out.update(t=np.stack(t), f=np.stack(fs))
+    return out
+
+
+def _fast_grid(SA, SB, o, plan, kind):
+    C = H.cross(SA["b"], SB["b"])
+    La, Lb = C.shape[:2]
+    if kind == "cca":
+        rho = H.singular_values(C.reshape((-1,) + C.shape[2:])).reshape(La, Lb, -1)
+        return rho.sum(-1) / np.minimum(SA["d"][:, None], SB["d"][None, :])
+    if kind == "svcca":
+        rho = H.singular_values(C.reshape((-1,) + C.shape[2:])).reshape(La, Lb, -1)
+        return rho.sum(-1) / np.maximum(np.minimum(SA["k"][:, None], SB["k"][None, :]), 1.0)
+    P, rho, _ = np.linalg.svd(np.asarray(C, np.float64), full_matrices=False)
+    # (La, Lb, ra, m), (La, Lb, m): orthonormalised canonical variates, weights (_pair_pwcca)
+    Q, _ = np.linalg.qr(SA["f"][:, None, :, None].astype(np.float64) * P)
+    w = np.abs(np.einsum("abrm,ard->abmd", Q, SA["t"].astype(np.float64))).sum(-1)
+    w = np.where(rho > 0, w, 0.0)
+    return (w * rho).sum(-1) / np.maximum(w.sum(-1), np.finfo(np.float64).tiny)
+
+
+def _fast(kind):
+    return lambda o: M.FastPath(
+        lambda X, o, plan: _fast_prepare(X, o, plan, kind),
+        lambda a, b, o, plan: _fast_grid(a, b, o, plan, kind),
+        lambda n, d, o, plan: 4 * n * min(n, d) + (8 * min(n, d) * d if kind == "pwcca"
+                                                   else 0))
+
+
 M.register(M.Measure("cca", _prepare_cca, _pair_cca, _permute_b, {"ridge": 0.0},
-                     check=_check_ridge, min_n=3))
+                     check=_check_ridge, min_n=3, fast=_fast("cca")))
 M.register(M.Measure("svcca", _prepare_svcca, _pair_svcca, _permute_b,
-                     {"keep": 0.99, "ridge": 0.0}, check=_check_ridge, min_n=3))
+                     {"keep": 0.99, "ridge": 0.0}, check=_check_ridge, min_n=3,
+                     fast=_fast("svcca")))
 M.register(M.Measure("pwcca", _prepare_pwcca, _pair_pwcca, _permute_b, {"ridge": 0.0},
-                     check=_check_ridge, min_n=3))
+                     check=_check_ridge, min_n=3, fast=_fast("pwcca")))
 
 
 def _warn_degenerate(X, Y, ridge, what):

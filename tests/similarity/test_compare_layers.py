@@ -171,3 +171,28 @@ def test_cka_route_plan():
     assert fp.plan(10000, [64, 512] * 10, [64, 512] * 10, lin) == "feature"
     assert fp.plan(100, [8, 200], [8], lin) == "gram"          # a layer wider than N
     assert fp.plan(10000, [8], [8], {**lin, "kernel": "rbf"}) == "gram"
+
+
+def test_fast_spectral_routes_options_and_near_pairs():
+    """Procrustes with partial whitening and a rotated copy (distance ~0: the chord
+    fallback), unregularised CCA / PWCCA on narrow layers, SVCCA with another ``keep``:
+    the fast path equals the single-pair functions."""
+    a, _ = _layers(NARROW)
+    rng = np.random.default_rng(1)
+    Q = np.linalg.qr(rng.normal(size=(6, 6)))[0]
+    b = {"rot": (a["l0"] @ Q).astype(np.float32), "other": a["l1"]}
+    cases = {("procrustes", 1.0): S.procrustes,
+             ("procrustes", 0.5): lambda x, y: S.procrustes(x, y, alpha=0.5),
+             ("cca", 0): S.cca, ("pwcca", 0): S.pwcca,
+             ("svcca", 0.9): lambda x, y: S.svcca(x, y, keep=0.9)}
+    specs = {("procrustes", 1.0): "procrustes",
+             ("procrustes", 0.5): ("procrustes", {"alpha": 0.5}), ("cca", 0): "cca",
+             ("pwcca", 0): "pwcca", ("svcca", 0.9): ("svcca", {"keep": 0.9})}
+    al = {"l0": a["l0"], "l1": a["l1"]}
+    for key, spec in specs.items():
+        t = S.compare_layers(al, b, [spec], progress=False)
+        for r in t.records():
+            want = float(cases[key](al[r["layer"]], b[r["other_layer"]]))
+            assert abs(r["value"] - want) < 1e-5, (key, r, want)
+    t = S.compare_layers(al, b, ["procrustes"], progress=False)
+    assert t.matrix().values[0, 0] < 1e-4          # l0 vs its rotated copy
