@@ -167,13 +167,17 @@ def _layers_for(layers, name: str, model) -> tuple:
 
 
 def _builtin(n_images: int, model, layers, progress, echo):
+    from repsim_jax import data as rdata
     from repsim_jax.data import sources
+    from repsim_jax.data.loaders import _resize_masks
     from repsim_jax.models import zoo
+    from repsim_jax.models.preprocess import resize_array
     if isinstance(model, str) and model not in zoo.TRAINED_MODELS:
         raise unknown_name(f"built-in trained model (for {BUILTIN_DATA})", model,
                            list(zoo.TRAINED_MODELS))
     model, info = load_model(model, progress=progress)
     name = info["name"]
+    layers = _layers_for(layers, name, model)
     if "test_accuracy" in info:
         echo(f"{name}: test accuracy {info['test_accuracy']:.3f} "
              f"({'cached' if info['cached'] else 'trained now'})")
@@ -182,19 +186,24 @@ def _builtin(n_images: int, model, layers, progress, echo):
         raise InputError(f"n_images={n_images}: the {BUILTIN_DATA} test split has "
                          f"{len(shapes)} images")
     shapes = shapes.take(np.arange(n_images))
+    images = np.asarray(shapes.images, np.float32)
+    masks = np.asarray(shapes.concept_masks(), bool)          # (N, H, W, C) pixel-exact
+    pre = rdata.as_preprocess(model)
+    if pre.size is not None and tuple(pre.size) != images.shape[1:3]:   # e.g. your own model
+        echo(f"data {BUILTIN_DATA}: {images.shape[1:3]} -> {tuple(pre.size)} "
+             f"({pre.describe()})")
+        images, masks = resize_array(images, pre), _resize_masks(masks, pre)
     return NotebookSetup(
-        model=model, model_name=name, data=BUILTIN_DATA,
-        images=np.asarray(shapes.images, np.float32),
+        model=model, model_name=name, data=BUILTIN_DATA, images=images,
         labels=np.asarray(shapes.labels, np.int32),
         class_names=tuple(shapes.class_names), class_rules=tuple(shapes.class_rules),
         concept_labels=np.asarray(shapes.concept_labels, bool),
-        concept_names=tuple(shapes.concept_names),
-        concept_masks=np.asarray(shapes.concept_masks(), bool),   # (N, H, W, C) pixel-exact
-        layers=_layers_for(layers, name, model), info=info)
+        concept_names=tuple(shapes.concept_names), concept_masks=masks,
+        layers=layers, info=info)
 
 
 def _real(data: str, n_images: int, arch, weights, size, layers, split, seed, data_dir,
-          batch_size, echo):
+          batch_size, predict, echo):
     from repsim_jax import data as rdata
     from repsim_jax import models
     model, info = load_model(arch, weights, size=size)
@@ -203,9 +212,19 @@ def _real(data: str, n_images: int, arch, weights, size, layers, split, seed, da
     ds = rdata.load(data, split=split, n_images=n_images, seed=seed, preprocess=model,
                     stream=False, data_dir=data_dir, echo=echo)
     images = np.asarray(ds.images, np.float32)
-    logits = np.asarray(models.activations(model, images, ["logits"],
-                                           batch_size=batch_size)["logits"])
-    labels = logits.argmax(-1).astype(np.int32)   # what the model sees: its predictions
+    if predict:   # what the model sees: its predictions
+        logits = np.asarray(models.activations(model, images, ["logits"],
+                                               batch_size=batch_size)["logits"])
+        labels = logits.argmax(-1).astype(np.int32)
+        k = logits.shape[-1]
+        class_names = tuple(f"imagenet_{c}" if k == 1000 else f"class_{c}" for c in range(k))
+    elif ds.labels is None:
+        raise InputError(f"predict=False takes the data set's classes as labels, and data "
+                         f"{data!r} has none")
+    else:
+        labels = np.asarray(ds.labels, np.int32)
+        class_names = tuple(str(c) for c in ds.class_names) if ds.class_names else \
+            tuple(f"class_{c}" for c in range(int(labels.max()) + 1))
     if ds.concept_labels is not None and len(ds.concept_names):
         concept_names = tuple(str(c) for c in ds.concept_names)
         concept_labels = np.asarray(ds.concept_labels, bool)
@@ -222,9 +241,7 @@ def _real(data: str, n_images: int, arch, weights, size, layers, split, seed, da
     masks = None if ds.concept_masks is None else np.asarray(ds.concept_masks, bool)
     return NotebookSetup(
         model=model, model_name=name, data=data, images=images, labels=labels,
-        class_names=tuple(f"imagenet_{k}" if logits.shape[-1] == 1000 else f"class_{k}"
-                          for k in range(logits.shape[-1])),
-        class_rules=None, concept_labels=concept_labels, concept_names=concept_names,
+        class_names=class_names, class_rules=None, concept_labels=concept_labels, concept_names=concept_names,
         concept_masks=masks, layers=layers,
         info={**info, "geometry": ds.info.get("geometry"), "split": ds.info.get("split"),
               "data_labels": None if ds.labels is None else np.asarray(ds.labels)})
@@ -246,7 +263,7 @@ def _check_source(data: str) -> None:
 def setup(data: str = BUILTIN_DATA, *, n_images: int, model="small_vgg", arch="resnet18",
           weights=None, size: int = 224, layers: Sequence[str] | Mapping | None = None,
           split: str = "auto", seed: int = 0, data_dir=None, batch_size: int | None = 64,
-          progress: bool | None = None,
+          predict: bool = True, progress: bool | None = None,
           echo: Callable[[str], None] | None = print) -> NotebookSetup:
     """Data and model for a notebook (module docstring): a :class:`NotebookSetup`.
 
@@ -255,13 +272,17 @@ def setup(data: str = BUILTIN_DATA, *, n_images: int, model="small_vgg", arch="r
         :func:`repsim_jax.data.load` (real data and an ImageNet model).
       n_images: how many images (>= 1): the first of the built-in test split; a seeded
         random subset (``seed``) of other sources.
-      model: the built-in trained model for ``repsim_shapes`` (or an nnx model).
-      arch, weights, size: the torchvision architecture for other data, its weights
-        (``None``: torchvision's) and input side (or ``arch`` = an nnx model).
+      model: the name of a built-in trained model, used on ``repsim_shapes``; or an nnx
+        model (your own), used on any data (built-in images are then resized/cropped by
+        its preprocessing when it names another size).
+      arch, weights, size: the torchvision architecture used on other data when ``model``
+        is a name, its weights (``None``: torchvision's) and input side.
       layers: layer names, or ``{model name: layer names}`` (the entry of the model in
         use is taken); default :data:`DEFAULT_LAYERS` of that model.
       split, data_dir: of :func:`repsim_jax.data.load` (other data only).
       batch_size: of the forward pass that predicts the labels (other data only).
+      predict: on other data, label each image by the model's prediction (True) or by
+        the data set's own class (False: a backbone without a classifier head).
       progress: progress of training a built-in model on first use.
       echo: where the one-line reports go (``None``: silent).
     """
@@ -277,7 +298,7 @@ def setup(data: str = BUILTIN_DATA, *, n_images: int, model="small_vgg", arch="r
     if data == BUILTIN_DATA:
         nb = _builtin(int(n_images), model, layers, progress, echo)
     else:
-        nb = _real(data, int(n_images), arch, weights, size, layers, split, seed, data_dir,
-                   batch_size, echo)
+        nb = _real(data, int(n_images), arch if isinstance(model, str) else model, weights,
+                   size, layers, split, seed, data_dir, batch_size, predict, echo)
     echo(nb.describe())
     return nb

@@ -32,7 +32,7 @@ def test_real_data_branch_on_mocked_tfds(resnet, tmp_path):
     tfds = pytest.importorskip("tensorflow_datasets")
     lines = []
     with tfds.testing.mock_data(num_examples=7):
-        nb = notebook.setup("tfds:imagenette/160px", n_images=5, seed=2, arch=resnet,
+        nb = notebook.setup("tfds:imagenette/160px", n_images=5, seed=2, model=resnet,
                             layers={"resnet18": ["layer2", "layer4"], "small_vgg": ["x"]},
                             echo=lines.append)
         src = tfds.data_source("imagenette/160px", split="validation")
@@ -40,6 +40,9 @@ def test_real_data_branch_on_mocked_tfds(resnet, tmp_path):
         raw = [np.asarray(src[int(i)]["image"]) for i in order]
         truth = np.array([int(src[int(i)]["label"]) for i in order])
         names = tfds.builder("imagenette/160px").info.features["label"].names
+        # a backbone without a classifier head: the data set's classes as labels
+        own = notebook.setup("tfds:imagenette/160px", n_images=5, seed=2, model=resnet,
+                             layers=["layer3"], predict=False, echo=None)
     assert len({r.shape[:2] for r in raw}) > 1          # the mock's images differ in size
     assert nb.data == "tfds:imagenette/160px" and not nb.builtin
     assert nb.model is resnet and nb.model_name == "resnet18"
@@ -64,6 +67,9 @@ def test_real_data_branch_on_mocked_tfds(resnet, tmp_path):
     np.testing.assert_array_equal(nb.info["data_labels"], truth)
     np.testing.assert_array_equal(nb.concept_labels, np.eye(len(names), dtype=bool)[truth])
     assert any("5 images (32, 32, 3)" in line and "layer2" in line for line in lines)
+    np.testing.assert_array_equal(own.labels, truth)
+    assert own.class_names == tuple(names) and own.layers == ("layer3",)
+    np.testing.assert_array_equal(own.images, nb.images)
     d = nb.to_dict()
     assert "model" not in d and d["model_name"] == "resnet18" and d["images"].shape[0] == 5
 
@@ -84,9 +90,24 @@ def test_builtin_branch_takes_the_test_split_and_its_ground_truth():
     assert nb.class_rules == tuple(test.class_rules) and len(nb.class_names) == 7
 
 
+def test_builtin_data_is_resized_for_an_own_model_of_another_size():
+    """A model set up for 32 x 32 inputs gets the 64 x 64 built-in images (and masks)
+    resized/cropped by its rule."""
+    from repsim_jax.data import shapes
+    net = models.build("resnet18", num_classes=3, input_shape=(32, 32, 3))
+    nb = notebook.setup("repsim_shapes", n_images=4, model=net, layers=["layer1"], echo=None)
+    test = shapes.load("test")
+    ref = resize_array(np.asarray(test.images[:4], np.float32), net.preprocess)
+    assert nb.images.shape == (4, 32, 32, 3)
+    np.testing.assert_allclose(nb.images, ref, atol=1e-6)
+    assert nb.concept_masks.shape[1:3] == (32, 32)
+    np.testing.assert_array_equal(nb.labels, test.labels[:4])
+
+
 @pytest.mark.parametrize("kwargs, error, match", [
     ({"data": "imagenette"}, KeyError, "unknown data source 'imagenette'"),
-    ({"data": "tfds:cifar10", "arch": "resnet19"}, KeyError, "unknown model 'resnet19'.*resnet18"),
+    ({"data": "tfds:cifar10", "model": "small_vgg", "arch": "resnet19"}, KeyError,
+     "unknown model 'resnet19'.*resnet18"),
     ({"data": "repsim_shapes", "model": "resnet18"}, KeyError,
      "unknown built-in trained model.*small_vgg"),
     ({"n_images": 0}, InputError, "n_images must be >= 1"),
@@ -102,7 +123,7 @@ def test_bad_input_is_named(kwargs, error, match):
 
 def test_bad_layers_are_named_before_any_image_is_loaded(resnet):
     with pytest.raises(KeyError, match="unknown layer of resnet18 'layer9'"):
-        notebook.setup("tfds:no_such_set", n_images=2, arch=resnet, layers=["layer9"])
+        notebook.setup("tfds:no_such_set", n_images=2, model=resnet, layers=["layer9"])
     with pytest.raises(InputError, match="layers names models.*not 'resnet18'"):
         notebook.setup("tfds:no_such_set", n_images=2, arch=resnet, layers={"vgg16": ["x"]})
     with pytest.raises(InputError, match="weights= is for torchvision"):
