@@ -9,6 +9,15 @@ prepared stats of one side with ``permute(stats, perm)`` instead of recomputing 
 
 All runners are module-level ``jax.jit`` functions with the measure name and its options
 as static arguments, so a measure compiles once per input shape and option set.
+
+A measure may also carry a :class:`FastPath` for the all-pairs sweep
+(:func:`~repsim_jax.similarity.compare_layers` without resampling): ``prepare`` maps a
+stack of equal-shape layers to stacked per-layer statistics (it may run steps on the host,
+e.g. numpy's median / ranking, which XLA:CPU sorts slowly), ``grid`` maps two such stacks
+to the (La, Lb) values (typically one matmul for all pairs), ``plan`` picks a route from
+the sizes of the whole sweep (a static value passed to both) and ``nbytes`` is the size of
+one layer's statistics (compare_layers chunks the layers to a memory budget). The values
+equal ``pair(prepare(X), prepare(Y))`` up to float rounding (tests assert 1e-5).
 """
 from __future__ import annotations
 
@@ -22,8 +31,20 @@ import numpy as np
 
 from repsim_jax._checks import InputError, as_float_array, check_same_length, unknown_name
 
-__all__ = ["Measure", "MEASURES", "register", "freeze", "resolve", "as_array",
+__all__ = ["Measure", "FastPath", "MEASURES", "register", "freeze", "resolve", "as_array",
            "check_pair", "permute_rows", "permute_gram"]
+
+
+@dataclasses.dataclass(frozen=True)
+class FastPath:
+    """All-pairs route of a measure (module docstring). Signatures:
+    ``prepare(stack (L, N, D), opts, plan) -> stats``, ``grid(stats_a, stats_b, opts, plan)
+    -> (La, Lb) numpy``, ``plan(N, dims_a, dims_b, opts) -> hashable``,
+    ``nbytes(N, D, opts, plan) -> int``."""
+    prepare: Callable[[jax.Array, dict, Any], Any]
+    grid: Callable[[Any, Any, dict, Any], np.ndarray]
+    nbytes: Callable[[int, int, dict, Any], int]
+    plan: Callable[[int, list, list, dict], Any] = lambda n, da, db, o: None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +63,8 @@ class Measure:
     similarity: bool = True
     check: Callable[[dict], None] | None = None
     min_n: int = 2
+    fast: Callable[[dict], FastPath | None] | None = None
+    """``fast(opts)``: the all-pairs route for these options, or None (generic grid)."""
 
 
 MEASURES: dict[str, Measure] = {}

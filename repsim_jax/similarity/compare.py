@@ -199,11 +199,11 @@ def _grid(PA, PB, *, spec, mesh):
                     (PB,), mesh)
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "mesh", "c", "inner"))
-def _grid_perm(PA, PB, key, start, *, spec, mesh, c, inner):
-    """(La, c, Lb) values with side b's inputs permuted by resamples start..start+c-1."""
+@functools.partial(jax.jit, static_argnames=("spec", "mesh", "c", "inner", "n"))
+def _grid_perm(PA, PB, key, start, *, spec, mesh, c, inner, n):
+    """(La, c, Lb) values with side b's inputs permuted by resamples start..start+c-1
+    (``n`` inputs: not every prepared leaf has them on an axis, e.g. scalar self-terms)."""
     _, pair, permute, o = parts(spec)
-    n = jax.tree_util.tree_leaves(PB)[0].shape[1]
     ks = jax.vmap(lambda i: jax.random.fold_in(key, i))(start + jnp.arange(c))
     perms = jax.vmap(lambda k: jax.random.permutation(k, n))(ks)
 
@@ -227,6 +227,56 @@ def _grid_boot(XA, XB, key, start, *, spec, c, inner):
         PB = jax.vmap(lambda x: prepare(x[i], o))(XB)
         return jax.vmap(lambda pa: jax.vmap(lambda pb: pair(pa, pb, o))(PB))(PA)
     return jax.lax.map(one, idx, batch_size=inner)
+
+
+# --------------------------------------------------------- the all-pairs fast path
+FAST_BUDGET = 2 << 30
+"""Bytes of prepared per-layer statistics the fast path holds at once (both sides and
+both caches together); larger groups of layers are prepared in chunks."""
+
+
+class _FastRunner:
+    """Values of one measure's all-pairs route (:class:`~._measure.FastPath`) block by
+    block: each side's layers are prepared in chunks of at most ``FAST_BUDGET / 4`` bytes,
+    kept while they fit the budget and re-prepared otherwise (memory stays bounded for N x
+    N statistics at large N)."""
+
+    def __init__(self, fp, o, plan, N, same, budget=None):
+        self.fp, self.o, self.plan, self.N, self.same = fp, o, plan, N, same
+        self.budget = FAST_BUDGET if budget is None else budget
+        self.cache: dict = {}
+        self.held = 0
+
+    def _chunks(self, X):
+        per = max(1, int(self.fp.nbytes(self.N, int(X.shape[-1]), self.o, self.plan)))
+        c = max(1, min(X.shape[0], (self.budget // 4) // per))
+        return [slice(s, min(s + c, X.shape[0])) for s in range(0, X.shape[0], c)], per
+
+    def _stats(self, side, g, X, sl, per, drop_before=None):
+        key = (side, g, sl.start)
+        if key in self.cache:
+            return self.cache[key][0]
+        st = self.fp.prepare(X[sl], self.o, self.plan)
+        size = per * (sl.stop - sl.start)
+        if drop_before is not None:        # a-side groups already done are not needed again
+            for k in [k for k in self.cache if k[0] == "a" and k[1] < drop_before]:
+                self.held -= self.cache.pop(k)[1]
+        if self.held + size <= self.budget // 2:
+            self.cache[key] = (st, size)
+            self.held += size
+        return st
+
+    def block(self, i, XA, j, XB):
+        ca, pa = self._chunks(XA)
+        cb, pb = self._chunks(XB)
+        out = np.empty((XA.shape[0], XB.shape[0]))
+        for sa in ca:
+            SA = self._stats("a", i, XA, sa, pa, drop_before=i)
+            for sb in cb:
+                SB = (self._stats("a", j, XB, sb, pb) if self.same else
+                      self._stats("b", j, XB, sb, pb))
+                out[sa, sb] = np.asarray(self.fp.grid(SA, SB, self.o, self.plan))
+        return out
 
 
 # ----------------------------------------------------------------------- the API
@@ -308,6 +358,8 @@ def compare_layers(acts_a: Mapping[str, Any], acts_b: Mapping[str, Any] | None =
     stacks_a = [jnp.stack([A[n] for n in g]) for g in ga]
     stacks_b = stacks_a if acts_b is None else [jnp.stack([B[n] for n in g]) for g in gb]
     prepared: dict = {}
+    runners: dict = {}
+    resampling = bool(n_permutations or n_bootstrap)
     for (name, opts, label), i, j in it:
         m = M.MEASURES[name]
         if N < m.min_n:
@@ -316,6 +368,19 @@ def compare_layers(acts_a: Mapping[str, Any], acts_b: Mapping[str, Any] | None =
             raise InputError(f"measure {label!r}: k={dict(opts)['k']} needs N > k, got N={N}")
         spec = (name, opts)
         XA, XB = stacks_a[i], stacks_b[j]
+        fp = (m.fast(dict(opts)) if m.fast is not None and mesh is None and not resampling
+              else None)
+        if fp is not None:
+            if spec not in runners:
+                o = dict(opts)
+                plan = fp.plan(N, [int(v.shape[1]) for v in A.values()],
+                               [int(v.shape[1]) for v in B.values()], o)
+                runners = {spec: _FastRunner(fp, o, plan, N, acts_b is None)}
+            vals = runners[spec].block(i, XA, j, XB)
+            for a, la in enumerate(ga[i]):
+                for b, lb in enumerate(gb[j]):
+                    res[(label, la, lb)] = (vals[a, b], np.nan, np.nan, np.nan)
+            continue
         if (spec, "a", i) not in prepared:
             prepared[(spec, "a", i)] = _prepare_stack(XA, spec=spec)
         if (spec, "b", j) not in prepared:
@@ -336,7 +401,7 @@ def compare_layers(acts_a: Mapping[str, Any], acts_b: Mapping[str, Any] | None =
             hits = np.zeros((La, Lb))
             for s in range(0, n_permutations, c):
                 null = np.asarray(_grid_perm(PA, PB, k, jnp.asarray(s, jnp.uint32),
-                                             spec=spec, mesh=mesh, c=c,
+                                             spec=spec, mesh=mesh, c=c, n=N,
                                              inner=max(1, min(c, 8))))[:La]
                 null = null[:, :min(c, n_permutations - s)]
                 hits += (np.sum(null >= vals[:, None], 1) if m.similarity

@@ -27,12 +27,14 @@ Memory: one N x N matrix per representation (neighbour search), N x k indices ke
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
 from repsim_jax._checks import InputError
 from repsim_jax.similarity import _measure as M
-from repsim_jax.similarity.cka import hsic_unbiased
+from repsim_jax.similarity.cka import _hsic_u_terms, hsic_unbiased
 
 __all__ = ["mutual_knn", "cknna"]
 
@@ -88,6 +90,53 @@ def _pair_cknna(px, py, o):
     return jnp.where(den > 0, h / jnp.where(den > 0, den, 1.0), 0.0)
 
 
+# ------------------------------------------------------- all-pairs route (compare_layers)
+# CKNNA's masked kernels have at most k entries per row, so a pair needs only each layer's
+# neighbour lists and kernel values there (N x k): O(N k^2) per pair instead of O(N^2).
+# With m the mutual-neighbour mask, Kt = m o K and Lt = m o L (zero diagonals: an input is
+# never its own neighbour), the four terms of HSIC_u(Kt, Lt) (cka.hsic_unbiased) are
+#   sum Kt, sum Lt, <column sums of Kt, row sums of Lt>, tr(Kt Lt) = sum_ij K_ij L_ij m_ij m_ji
+# (K, L symmetric), each a sum over the listed entries (i, idx_x[i, a]).
+@functools.partial(jax.jit, static_argnames=("k", "normalize"))
+def _cknna_stack(X, *, k, normalize):
+    def one(x):
+        x = _rows(x, normalize)
+        K = x @ x.T
+        idx = _neighbours(K, k)
+        Km = jnp.where(_mask(idx), K, 0.0)
+        return {"idx": idx, "kv": jnp.take_along_axis(K, idx, 1),
+                "self": hsic_unbiased(Km, Km)}
+    return jax.lax.map(one, X)
+
+
+def _sparse_pair_cknna(px, py):
+    ix, iy = px["idx"], py["idx"]                       # (N, k) neighbour lists
+    n = ix.shape[0]
+    eq = ix[:, :, None] == iy[:, None, :]               # (N, k, k): same neighbour
+    hit = jnp.any(eq, 2)                                # m[i, ix[i, a]]
+    kval = jnp.where(hit, px["kv"], 0.0)                # Kt[i, ix[i, a]]
+    lval = jnp.sum(jnp.where(eq, py["kv"][:, None, :], 0.0), 2)   # Lt[i, ix[i, a]]
+    rows = jnp.arange(n)[:, None, None]
+    back = (jnp.any(ix[ix] == rows, 2) & jnp.any(iy[ix] == rows, 2))   # m[ix[i, a], i]
+    tr = jnp.sum(kval * lval * back)
+    col_k = jax.ops.segment_sum(kval.reshape(-1), ix.reshape(-1), num_segments=n)
+    h = _hsic_u_terms(tr, kval.sum(), lval.sum(), jnp.dot(col_k, lval.sum(1)), n)
+    den = jnp.sqrt(jnp.maximum(px["self"] * py["self"], 0.0))
+    return jnp.where(den > 0, h / jnp.where(den > 0, den, 1.0), 0.0)
+
+
+@jax.jit
+def _cknna_grid(SA, SB):
+    return jax.lax.map(lambda pa: jax.vmap(lambda pb: _sparse_pair_cknna(pa, pb))(SB), SA)
+
+
+def _cknna_fast(o):
+    return M.FastPath(
+        lambda X, o, plan: _cknna_stack(X, k=int(o["k"]), normalize=bool(o["normalize"])),
+        lambda a, b, o, plan: _cknna_grid(a, b),
+        lambda n, d, o, plan: 8 * n * int(o["k"]) + 4)
+
+
 def _check_k(o):
     k = o["k"]
     if not (isinstance(k, int) and not isinstance(k, bool) and k >= 1):
@@ -101,7 +150,8 @@ M.register(M.Measure("cknna", _prepare_cknna, _pair_cknna,
                      lambda st, perm: {"K": M.permute_gram(st["K"], perm),
                                        "idx": _permute_idx(st["idx"], perm),
                                        "self": st["self"]},
-                     {"k": 10, "normalize": True}, check=_check_k, min_n=5))
+                     {"k": 10, "normalize": True}, check=_check_k, min_n=5,
+                     fast=_cknna_fast))
 
 
 def _check_n(X, k):

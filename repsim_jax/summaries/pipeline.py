@@ -188,7 +188,12 @@ def visual_summaries(classifier, images, labels, classes: Sequence[int] | None =
     """Visual summaries of ``classes`` (default: all labels present) for ``classifier``.
 
     ``classifier``: nnx model (capture convention) or ``logits_fn(images)``; ``images``
-    (N, H, W, C) in [0, 1] (the input the classifier takes); ``labels`` (N,) true classes.
+    (N, H, W, C) in [0, 1] (the input the classifier takes): an array, or a source that
+    is read in chunks (a :class:`~repsim_jax.data.LazyArray`, a
+    :class:`~repsim_jax.data.views.MappedView`): the predictions stream ``batch_size``
+    images at a time and only the explained images are gathered, by index, so memory is
+    bounded by ``batch_size`` and ``images_per_class``, not by N; ``labels`` (N,) true
+    classes.
     Per class the first ``images_per_class`` correctly classified images are used; masks
     for all of them are optimised in one vmapped run. ``features``: None (HOG), a layer
     name of an nnx ``classifier`` (its activations pooled over regions), or a function
@@ -196,24 +201,40 @@ def visual_summaries(classifier, images, labels, classes: Sequence[int] | None =
     to :func:`.masks.optimise_masks`, as ``mesh`` (devices for the mask batches,
     :mod:`repsim_jax._devices` convention); ``stage2`` to :func:`summarise_regions`.
     """
-    as_float_array(images, "images", ndim=4)
-    images = np.asarray(images, np.float32)
+    from repsim_jax.data import views
+    streamed = views.is_source(images)
+    if streamed:
+        if len(images.shape) != 4:
+            raise InputError(f"images: expected 4 dimensions (N, H, W, C), got shape "
+                             f"{tuple(images.shape)}")
+    else:
+        as_float_array(images, "images", ndim=4)
+        images = np.asarray(images, np.float32)
     labels = np.asarray(labels)
     check_same_length("images", images, "labels", labels)
     if labels.dtype.kind not in "iu":
         raise InputError(f"labels: expected integer classes, got dtype {labels.dtype}")
     classes = sorted(np.unique(labels).tolist()) if classes is None else list(classes)
     apply, params = _masks.classifier_apply(classifier)
-    probs = np.concatenate([np.asarray(_masks._probs(images[a:b], params, apply))
-                            for a, b in _masks._chunks(len(images), batch_size or len(images))])
-    correct = probs.argmax(1) == labels
+    chunk = batch_size or len(images)
+    # predictions chunk by chunk (a lazy source is read ``chunk`` images per request)
+    blocks = ((images[a:b] for a, b in _masks._chunks(len(images), chunk)) if not streamed
+              else (np.asarray(x, np.float32) for _, x in views.chunks(images, chunk)))
+    pred = np.concatenate([np.asarray(_masks._probs(x, params, apply)).argmax(1)
+                           for x in blocks])
+    correct = pred == labels
     chosen, no_correct = [], []
     for c in classes:
         idx = np.flatnonzero((labels == c) & correct)[:images_per_class]
         (chosen.append(idx) if idx.size else no_correct.append(c))
     sel = np.concatenate(chosen) if chosen else np.zeros(0, np.int64)
+    # only the explained images are ever gathered (by index, ``chunk`` per request)
+    x_sel = (np.asarray(views.gather(images, sel, chunk), np.float32) if streamed
+             else images[sel])
+    if streamed and sel.size:
+        as_float_array(x_sel, "images", ndim=4)
     if sel.size:
-        mres = _masks.optimise_masks(classifier, images[sel], labels[sel],
+        mres = _masks.optimise_masks(classifier, x_sel, labels[sel],
                                      smooth_steps=smooth_steps, sharp_steps=sharp_steps,
                                      batch_size=batch_size, progress=progress,
                                      baseline=baseline, mesh=mesh)
@@ -223,10 +244,10 @@ def visual_summaries(classifier, images, labels, classes: Sequence[int] | None =
     if features is not None and sel.size:
         if isinstance(features, str):
             from repsim_jax.models import activations
-            fmaps = np.asarray(activations(classifier, images[sel], [features],
+            fmaps = np.asarray(activations(classifier, x_sel, [features],
                                            batch_size=batch_size)[features])
         elif callable(features):
-            fmaps = np.asarray(features(images[sel]))
+            fmaps = np.asarray(features(x_sel))
         else:
             raise InputError("features: expected None, a layer name or a function")
     out = {}
@@ -236,7 +257,7 @@ def visual_summaries(classifier, images, labels, classes: Sequence[int] | None =
                             "correctly; no summary", np.zeros(0, np.int64))
             continue
         pos = np.flatnonzero(labels[sel] == c)
-        out[c] = summarise_regions(images[sel[pos]], mres.sharp[pos], class_index=c,
+        out[c] = summarise_regions(x_sel[pos], mres.sharp[pos], class_index=c,
                                    image_indices=sel[pos],
                                    features=None if fmaps is None else fmaps[pos], **stage2)
     return SummaryResult(sel, mres, out)

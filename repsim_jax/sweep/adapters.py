@@ -120,9 +120,11 @@ def _relative_depth(ctx, keys) -> list[float]:
     return out
 
 
-def _take_images(images, idx) -> np.ndarray:
-    """``images[idx]`` as an array, for in-memory arrays and lazy (streamed) data alike."""
-    return np.asarray(images[np.asarray(idx, np.int64)])
+def _take_images(images, idx, chunk: int = 64) -> np.ndarray:
+    """``images[idx]`` as an array, for in-memory arrays and lazy (streamed) data alike
+    (a lazy source is read ``chunk`` items per request)."""
+    from repsim_jax.data.views import gather
+    return gather(images, np.asarray(idx, np.int64), chunk)
 
 
 def _thumbnails(images: np.ndarray, side: int = 24) -> np.ndarray:
@@ -583,7 +585,7 @@ def adapt_cladec(unit, ctx) -> dict[str, Any]:
     reconstruct = _fn("repsim_jax.cladec.train", "reconstruct")
     reconstruct_ae = _fn("repsim_jax.cladec.train", "reconstruct_ae")
     model = ctx.models[unit.model]
-    images = ctx.images(unit.model)
+    images = np.asarray(ctx.images(unit.model))   # (in memory until ClaDec streams)
     (layer,) = unit.layers
     alpha = float(opts["alpha"])
     seed = ctx.seed(unit)
@@ -651,9 +653,10 @@ def adapt_summaries(unit, ctx) -> dict[str, Any]:
         sharp = np.asarray(res.masks.sharp, np.float32)
         arrays["sharp_masks"] = sharp
         n_show = min(8, len(sel))
+        shown = _take_images(images, sel[:n_show])
         arrays["mask_tiles"] = np.concatenate([
-            images[sel[:n_show]], np.repeat(sharp[:n_show, ..., None], 3, -1),
-            images[sel[:n_show]] * sharp[:n_show, ..., None]])
+            shown, np.repeat(sharp[:n_show, ..., None], 3, -1),
+            shown * sharp[:n_show, ..., None]])
         figures.append({"kind": "images", "array": "mask_tiles", "name": "masks",
                         "cols": n_show, "title": f"{unit.model}: images / sharp masks "
                         f"(1 = kept) / kept pixels"})
@@ -667,7 +670,7 @@ def adapt_summaries(unit, ctx) -> dict[str, Any]:
         strips = cs.summaries[:6]
         if not strips:
             continue
-        class_images = images[np.asarray(cs.image_indices)]
+        class_images = _take_images(images, cs.image_indices)
         tiles = np.ones((len(strips), max_cols, size, size, images.shape[-1]), np.float32)
         for r, members in enumerate(strips):
             crops = np.asarray(crop_regions(class_images,

@@ -170,13 +170,24 @@ class SweepContext:
     _images: dict = dataclasses.field(default_factory=dict)
     _act_store: Any = None
 
-    def images(self, model: str) -> np.ndarray:
-        """The sweep's images adapted to ``model``'s input shape (cached; decodes a lazy
-        data set into memory: for the methods that train on images, cladec/summaries)."""
+    def images(self, model: str):
+        """The sweep's images adapted to ``model``'s input shape, for the methods that run
+        the network on images (cladec, summaries).
+
+        In-memory data: one adapted array (cached). A lazy data set is never decoded as a
+        whole: it comes back as a :class:`~repsim_jax.data.views.MappedView` that decodes
+        and adapts just the items asked for, ``batch_size`` at a time, when read."""
         if model not in self._images:
-            from repsim_jax.data import materialize
-            self._images = {model: images_for(self.models[model],
-                                              materialize(self.data.images))}
+            if isinstance(self.data.images, np.ndarray):
+                adapted = images_for(self.models[model], self.data.images)
+            else:
+                import functools
+
+                from repsim_jax.data.views import MappedView
+                adapted = MappedView(self.data.images,
+                                     functools.partial(images_for, self.models[model]),
+                                     batch_size=self._batch_size(), name=f"{model} inputs")
+            self._images = {model: adapted}
         return self._images[model]
 
     def _batch_size(self) -> int:

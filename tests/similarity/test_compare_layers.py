@@ -90,3 +90,84 @@ def test_bad_layer_inputs(acts):
         S.compare_layers(a, n_permutations=-1, progress=False)
     with pytest.raises(InputError, match="takes no option"):
         S.compare_layers(a, measures=[("cka", {"k": 3})], progress=False)
+
+
+# ------------------------------------------------ the all-pairs fast path (no resampling)
+# Each measure's all-pairs route (compare_layers without resampling) against the single-pair
+# function. Few distinct layer shapes (each costs a compile of both): two groups per side.
+SINGLE_ALL = {
+    "cka": S.cka, "cka_debiased": lambda x, y: S.cka(x, y, debiased=True),
+    "rbf_cka": lambda x, y: S.cka(x, y, kernel="rbf"),
+    "rbf_cka_debiased": lambda x, y: S.cka(x, y, kernel="rbf", debiased=True),
+    "rsa": S.rsa, "rsa(compare=cosine,rdm=euclidean)":
+        lambda x, y: S.rsa(x, y, rdm="euclidean", compare="cosine"),
+    "procrustes": S.procrustes, "cca(ridge=0.1)": lambda x, y: S.cca(x, y, ridge=0.1),
+    "svcca": S.svcca, "pwcca(ridge=0.1)": lambda x, y: S.pwcca(x, y, ridge=0.1),
+    "mutual_knn(k=5)": lambda x, y: S.mutual_knn(x, y, k=5),
+    "cknna(k=5)": lambda x, y: S.cknna(x, y, k=5)}
+SPECS_ALL = {"cka": "cka", "cka_debiased": "cka_debiased", "rbf_cka": "rbf_cka",
+             "rbf_cka_debiased": "rbf_cka_debiased", "rsa": "rsa",
+             "rsa(compare=cosine,rdm=euclidean)": ("rsa", {"rdm": "euclidean",
+                                                           "compare": "cosine"}),
+             "procrustes": "procrustes", "cca(ridge=0.1)": ("cca", {"ridge": 0.1}),
+             "svcca": "svcca", "pwcca(ridge=0.1)": ("pwcca", {"ridge": 0.1}),
+             "mutual_knn(k=5)": ("mutual_knn", {"k": 5}), "cknna(k=5)": ("cknna", {"k": 5})}
+# (N, widths of a, widths of b): narrow layers (CKA's feature route), and one layer wider
+# than N (CKA's Gram route; rank-deficient bases for Procrustes / CCA)
+NARROW, WIDE = (20, (6, 6, 9), (9, 9)), (20, (6, 6, 24), (24, 24))
+
+
+def _related_layers(rng, n, widths, base):
+    return {f"l{i}": (np.maximum(base @ rng.normal(size=(base.shape[1], d)), 0)
+                      + (0.5 + i) * rng.normal(size=(n, d))).astype(np.float32)
+            for i, d in enumerate(widths)}
+
+
+def _layers(case):
+    n, wa, wb = case
+    rng = np.random.default_rng(n + len(wa))
+    base = rng.normal(size=(n, 4))
+    return _related_layers(rng, n, wa, base), _related_layers(rng, n, wb, base)
+
+
+@pytest.mark.parametrize("label", list(SINGLE_ALL))
+def test_fast_path_equals_single_pairs(label, monkeypatch):
+    cases = [NARROW, WIDE] if label == "cka_debiased" else [WIDE]
+    from repsim_jax.similarity import compare as C
+    for case in cases:
+        a, b = _layers(case)
+        n = case[0]
+        # a tiny budget: Gram stats prepared one layer at a time, some not cached
+        monkeypatch.setattr(C, "FAST_BUDGET", 6 * n * n * 4)
+        t = S.compare_layers(a, b, [SPECS_ALL[label]], progress=False)
+        assert t.measures == (label,)
+        for r in t.records():
+            want = float(SINGLE_ALL[label](a[r["layer"]], b[r["other_layer"]]))
+            assert abs(r["value"] - want) < 1e-5, (r, want)
+            assert np.isnan(r["p"])
+
+
+def test_fast_path_self_comparison_and_generic_grid(monkeypatch):
+    """One model with itself (b-side stats shared with a's, tiny budget) equals a vs a copy
+    of a; resampling forces the generic (vmapped pair) grid: the same values."""
+    from repsim_jax.similarity import compare as C
+    a, b = _layers(WIDE)
+    ms = ["cka_debiased", "rsa"]
+    monkeypatch.setattr(C, "FAST_BUDGET", 6 * 20 * 20 * 4)
+    same = S.compare_layers(a, None, ms, progress=False)
+    copy = S.compare_layers(a, dict(a), ms, progress=False)
+    np.testing.assert_allclose(same.value, copy.value, atol=1e-6)
+    t = S.compare_layers(a, b, ms, progress=False)
+    g = S.compare_layers(a, b, ms, n_permutations=1, progress=False)
+    np.testing.assert_allclose(t.value, g.value, atol=1e-5)
+    assert np.all(np.isnan(t.p)) and not np.any(np.isnan(g.p))
+
+
+def test_cka_route_plan():
+    from repsim_jax.similarity import _measure as M
+    fp = M.MEASURES["cka"].fast({"kernel": "linear", "debiased": True, "sigma": 1.0})
+    lin = {"kernel": "linear", "debiased": True, "sigma": 1.0}
+    assert fp.plan(2000, [64, 512] * 10, [64, 512] * 10, lin) == "gram"
+    assert fp.plan(10000, [64, 512] * 10, [64, 512] * 10, lin) == "feature"
+    assert fp.plan(100, [8, 200], [8], lin) == "gram"          # a layer wider than N
+    assert fp.plan(10000, [8], [8], {**lin, "kernel": "rbf"}) == "gram"

@@ -1,0 +1,135 @@
+"""ClaDec and visual summaries in a sweep over a lazy data set: the images are read in
+batches of the sweep's batch size, never as a whole, and the units end with the numbers
+of the same sweep over the images in memory."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from repsim_jax.data import LazyArray
+from repsim_jax.sweep import config as C
+from repsim_jax.sweep import run as run_mod
+from repsim_jax.sweep.store import Store
+
+OWN = '''
+import jax
+from flax import nnx
+
+
+class Small(nnx.Module):
+    """A small CNN on 32 x 32 inputs (the sweep resizes the 64 x 64 shapes to it)."""
+
+    def __init__(self, num_classes=8, seed=0):
+        r = nnx.Rngs(seed)
+        self.conv1 = nnx.Conv(3, 8, (3, 3), strides=2, rngs=r)
+        self.conv2 = nnx.Conv(8, 8, (3, 3), strides=2, rngs=r)
+        self.head = nnx.Linear(8, num_classes, rngs=r)
+        # class 0 ahead: its images are classified right (their masks get optimised)
+        self.head.bias.value = self.head.bias.value.at[0].set(1.0)
+        self.input_shape = (32, 32, 3)
+
+    def __call__(self, x):
+        x = jax.nn.relu(self.conv2(jax.nn.relu(self.conv1(x))))
+        return self.head(x.mean(axis=(1, 2)))
+
+
+def make(num_classes=8):
+    return Small(num_classes)
+'''
+
+BATCH = 8
+CFG = {
+    "layers": ["conv2"],
+    "data": {"source": "repsim_shapes", "split": "test", "n_images": 20},
+    "batch_size": BATCH,
+    "seed": 0,
+    "summaries": {"max_images": 2, "steps_smooth": 2, "steps_sharp": 2},
+    "cladec": {"steps": 4, "batch_size": 4, "retrain_steps": 3},
+}
+
+
+def _item(array, i):
+    return array[i]
+
+
+class RecordingSource(LazyArray):
+    """An in-memory array seen as a lazy data set; ``requests`` = item count of every read."""
+
+    def __init__(self, array):
+        super().__init__(len(array), array.shape[1:], array.dtype,
+                         functools.partial(_item, array), workers=1, name="recorded")
+        self.requests: list[int] = []
+
+    def __getitem__(self, key):
+        k = key[0] if isinstance(key, tuple) else key
+        self.requests.append(1 if isinstance(k, (int, np.integer)) else len(self._indices(k)))
+        return super().__getitem__(key)
+
+    def __array__(self, dtype=None, copy=None):
+        raise AssertionError("the whole data set was materialised")
+
+
+@pytest.fixture()
+def own_module(tmp_path, monkeypatch):
+    (tmp_path / "own_models_i15s.py").write_text(textwrap.dedent(OWN))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield sys.modules.setdefault("own_models_i15s", __import__("own_models_i15s"))
+    sys.modules.pop("own_models_i15s", None)
+
+
+def _results(out: Path) -> dict:
+    """Every array and table row of every unit in ``out``."""
+    store = Store(out, "", {})
+    res = {}
+    for key in store.finished_units():
+        unit = store.load(key)
+        res.update({f"{key}:{k}": v for k, v in unit["arrays"].items()})
+        res[f"{key}:tables"] = unit["tables"]
+    return res
+
+
+def _sweep(tmp_path, name, methods):
+    cfg = C.from_dict({**CFG, "methods": methods, "output": str(tmp_path / name),
+                       "models": [{"name": "small", "factory": "own_models_i15s:make"}]})
+    run_mod.run_sweep(cfg, progress=False, echo=None, write_report=False)
+    return _results(tmp_path / name)
+
+
+def _lazy_sweep(tmp_path, monkeypatch, methods):
+    sources = []
+    load_data = run_mod.load_data
+
+    def lazy_load_data(*args, **kwargs):
+        data = load_data(*args, **kwargs)
+        sources.append(RecordingSource(np.asarray(data.images)))
+        return dataclasses.replace(data, images=sources[-1])
+
+    monkeypatch.setattr(run_mod, "load_data", lazy_load_data)
+    res = _sweep(tmp_path, "lazy", methods)
+    (src,) = sources
+    return res, src
+
+
+def _assert_close(a: dict, b: dict):
+    assert sorted(a) == sorted(b)
+    for k in a:
+        if isinstance(a[k], np.ndarray):
+            np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-5, err_msg=k)
+        else:
+            assert json.dumps(a[k], sort_keys=True) == json.dumps(b[k], sort_keys=True), k
+
+
+def test_summaries_sweep_streams_a_lazy_data_set(tmp_path, monkeypatch, own_module):
+    ref = _sweep(tmp_path, "memory", ["summaries"])
+    got, src = _lazy_sweep(tmp_path, monkeypatch, ["summaries"])
+    assert src.requests and max(src.requests) <= BATCH < len(src)
+    (key,) = [k for k in ref if k.endswith(":image_indices")]
+    assert len(ref[key]) > 0              # masks were optimised for some images
+    _assert_close(got, ref)
