@@ -203,14 +203,15 @@ def _builtin(n_images: int, model, layers, progress, echo):
 
 
 def _real(data: str, n_images: int, arch, weights, size, layers, split, seed, data_dir,
-          batch_size, predict, echo):
+          concepts, masks, batch_size, predict, echo):
     from repsim_jax import data as rdata
     from repsim_jax import models
     model, info = load_model(arch, weights, size=size)
     name = info["name"]
     layers = _layers_for(layers, name, model)   # checked before any image is decoded
     ds = rdata.load(data, split=split, n_images=n_images, seed=seed, preprocess=model,
-                    stream=False, data_dir=data_dir, echo=echo)
+                    concepts=concepts, masks=masks, stream=False, data_dir=data_dir,
+                    echo=echo)
     images = np.asarray(ds.images, np.float32)
     if predict:   # what the model sees: its predictions
         logits = np.asarray(models.activations(model, images, ["logits"],
@@ -262,7 +263,8 @@ def _check_source(data: str) -> None:
 
 def setup(data: str = BUILTIN_DATA, *, n_images: int, model="small_vgg", arch="resnet18",
           weights=None, size: int = 224, layers: Sequence[str] | Mapping | None = None,
-          split: str = "auto", seed: int = 0, data_dir=None, batch_size: int | None = 64,
+          split: str = "auto", seed: int = 0, data_dir=None, concepts=None, masks=None,
+          batch_size: int | None = 64,
           predict: bool = True, progress: bool | None = None,
           echo: Callable[[str], None] | None = print) -> NotebookSetup:
     """Data and model for a notebook (module docstring): a :class:`NotebookSetup`.
@@ -280,6 +282,9 @@ def setup(data: str = BUILTIN_DATA, *, n_images: int, model="small_vgg", arch="r
       layers: layer names, or ``{model name: layer names}`` (the entry of the model in
         use is taken); default :data:`DEFAULT_LAYERS` of that model.
       split, data_dir: of :func:`repsim_jax.data.load` (other data only).
+      concepts, masks: an image folder's concept CSV / masks directory
+        (:mod:`repsim_jax.data.annotations`): they become the concepts instead of the
+        folder's classes.
       batch_size: of the forward pass that predicts the labels (other data only).
       predict: on other data, label each image by the model's prediction (True) or by
         the data set's own class (False: a backbone without a classifier head).
@@ -299,6 +304,7 @@ def setup(data: str = BUILTIN_DATA, *, n_images: int, model="small_vgg", arch="r
         nb = _builtin(int(n_images), model, layers, progress, echo)
     else:
         nb = _real(data, int(n_images), arch if isinstance(model, str) else model, weights,
-                   size, layers, split, seed, data_dir, batch_size, predict, echo)
+                   size, layers, split, seed, data_dir, concepts, masks, batch_size, predict,
+                   echo)
     echo(nb.describe())
     return nb

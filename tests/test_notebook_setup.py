@@ -74,7 +74,28 @@ def test_real_data_branch_on_mocked_tfds(resnet, tmp_path):
     assert "model" not in d and d["model_name"] == "resnet18" and d["images"].shape[0] == 5
 
 
-def test_builtin_branch_takes_the_test_split_and_its_ground_truth():
+def test_an_annotated_folder_gives_its_concepts_not_its_classes(resnet, tmp_path):
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    tags = {"cat/a.png": ["fur"], "cat/b.png": ["fur", "sky"], "dog/c.png": [],
+            "dog/d.png": ["sky"]}
+    for i, rel in enumerate(tags):
+        (tmp_path / "img" / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (40 + 4 * i, 36, 3), dtype=np.uint8)).save(
+            tmp_path / "img" / rel)
+    rows = [f"{rel},{c}" for rel, cs in tags.items() for c in cs]
+    (tmp_path / "tags.csv").write_text("path,concept\n" + "\n".join(rows) + "\n")
+    nb = notebook.setup(f"folder:{tmp_path / 'img'}", n_images=4, model=resnet,
+                        layers=["avgpool"], concepts=tmp_path / "tags.csv", echo=None)
+    assert nb.images.shape == (4, 32, 32, 3)
+    assert set(nb.concept_names) == {"fur", "sky"}
+    want = np.array([[c in tags[rel] for c in nb.concept_names] for rel in sorted(tags)])
+    np.testing.assert_array_equal(nb.concept_labels, want)
+    np.testing.assert_array_equal(nb.info["data_labels"], [0, 0, 1, 1])   # cat, dog
+
+
+def test_builtin_branch_takes_the_test_split_and_its_ground_truth(tmp_path):
+    from repsim_jax._results import load_result
     from repsim_jax.data import shapes
     vgg = models.build("small_vgg", num_classes=len(shapes.CLASS_NAMES), rngs=nnx.Rngs(0))
     nb = notebook.setup("repsim_shapes", n_images=9, model=vgg, echo=None)
@@ -88,6 +109,10 @@ def test_builtin_branch_takes_the_test_split_and_its_ground_truth():
     # each image's image-level concept labels are the concepts present in its masks
     np.testing.assert_array_equal(nb.concept_masks.any((1, 2)), nb.concept_labels)
     assert nb.class_rules == tuple(test.class_rules) and len(nb.class_names) == 7
+    kind, back = load_result(nb.save(tmp_path / "setup"))   # everything but the model
+    assert kind == "NotebookSetup" and "model" not in back and back["model_name"] == "small_vgg"
+    np.testing.assert_array_equal(back["concept_masks"], nb.concept_masks)
+    assert back["class_rules"] == list(nb.class_rules)
 
 
 def test_builtin_data_is_resized_for_an_own_model_of_another_size():
