@@ -61,7 +61,8 @@ print("repsim_jax", repsim_jax.__version__)
 # * `DATA = "tfds:<name>"` (e.g. `"tfds:imagenette/160px"`, `"tfds:cifar10"`) uses a
 #   tensorflow-datasets set and an **ImageNet-trained ResNet-18 ported from torchvision**
 #   (`ARCH` / `WEIGHTS` below). Switch the runtime to GPU or TPU first (*Runtime -> Change
-#   runtime type*). Without concept annotations, the classes serve as concepts.
+#   runtime type*). Without concept annotations, the classes serve as concepts. Any other
+#   source of `repsim_jax.data.load` works the same way (an image folder `folder:DIR`, ...).
 #
 # `SMALL` shrinks every size so CI can execute the notebook on a CPU in seconds; leave it.
 

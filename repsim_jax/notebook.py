@@ -242,8 +242,8 @@ def _real(data: str, n_images: int, arch, weights, size, layers, split, seed, da
     masks = None if ds.concept_masks is None else np.asarray(ds.concept_masks, bool)
     return NotebookSetup(
         model=model, model_name=name, data=data, images=images, labels=labels,
-        class_names=class_names, class_rules=None, concept_labels=concept_labels, concept_names=concept_names,
-        concept_masks=masks, layers=layers,
+        class_names=class_names, class_rules=None, concept_labels=concept_labels,
+        concept_names=concept_names, concept_masks=masks, layers=layers,
         info={**info, "geometry": ds.info.get("geometry"), "split": ds.info.get("split"),
               "data_labels": None if ds.labels is None else np.asarray(ds.labels)})
 

@@ -125,6 +125,8 @@ def test_notebooks_are_generated_from_their_plain_sources(tmp_path):
         assert [(c.cell_type, c.source) for c in committed.cells] == \
             [(c.cell_type, c.source) for c in fresh.cells], (
             f"{name}.ipynb differs from {name}.py: run python colab/make_notebooks.py")
+        # cell ids are stable (name, position): regenerating does not rewrite every cell
+        assert [c.get("id") for c in committed.cells] == [c.get("id") for c in fresh.cells]
         assert committed.metadata.get("kernelspec", {}).get("name") == "python3"
         sources = [c.source for c in committed.cells if c.cell_type == "code"]
         assert all(not c.get("outputs") for c in committed.cells if c.cell_type == "code")
