@@ -108,7 +108,9 @@ class RetrainAccuracy:
 
     ``accuracy`` ``{name: test accuracy}`` keyed by the names of the input sets (in their
     order); ``steps`` training steps of each fresh classifier; ``n_train`` / ``n_test``
-    images per training / test set. ``acc["cladec"]`` reads ``acc.accuracy["cladec"]``.
+    images per training / test set. It reads like that mapping: ``acc["cladec"]`` is
+    ``acc.accuracy["cladec"]``, and ``len``, ``in``, iteration, ``keys``/``values``/``items``
+    go over the set names.
     """
     accuracy: dict
     steps: int
@@ -119,6 +121,24 @@ class RetrainAccuracy:
         if name not in self.accuracy:
             raise unknown_name("image set", name, list(self.accuracy))
         return self.accuracy[name]
+
+    def __iter__(self):
+        return iter(self.accuracy)
+
+    def __len__(self) -> int:
+        return len(self.accuracy)
+
+    def __contains__(self, name) -> bool:
+        return name in self.accuracy
+
+    def keys(self):
+        return self.accuracy.keys()
+
+    def values(self):
+        return self.accuracy.values()
+
+    def items(self):
+        return self.accuracy.items()
 
 
 def retrain_accuracy(classifier: nnx.Module, train_sets: Mapping[str, np.ndarray], train_labels,
