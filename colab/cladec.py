@@ -60,7 +60,8 @@ print("repsim_jax", repsim_jax.__version__)
 # * `DATA = "tfds:<name>"` (e.g. `"tfds:imagenette/160px"`, `"tfds:cifar10"`) uses a
 #   tensorflow-datasets set and an **ImageNet-trained ResNet-18 ported from torchvision**
 #   (`ARCH` / `WEIGHTS` below). Switch the runtime to GPU or TPU first (*Runtime -> Change
-#   runtime type*). Without concept annotations, the classes serve as concepts.
+#   runtime type*). Without concept annotations, the classes serve as concepts. Any other
+#   source of `repsim_jax.data.load` works the same way (an image folder `folder:DIR`, ...).
 #
 # `SMALL` shrinks every size so CI can execute the notebook on a CPU in seconds; leave it.
 
@@ -86,7 +87,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from repsim_jax import models
-from repsim_jax.data import sources
+from repsim_jax import notebook   # data and model of every notebook
 from repsim_jax.sweep import figures          # the report's figures, shown inline here
 from repsim_jax.sweep.figures import image_rows, show
 
@@ -112,43 +113,17 @@ SIZE = 224         # input side for ARCH
 # On the built-in data, the concepts are the ground truth of the generator (shape, colour,
 # texture, size, background), and every class is a Boolean rule over them. On a tfds set, the
 # classes are the concepts (one-hot) and the model's own predictions serve as the labels the
-# methods explain.
+# methods explain. `repsim_jax.notebook.setup` loads either (the same call in every notebook).
 
 # %%
-if DATA == "repsim_shapes":
-    from repsim_jax.models import zoo
-    model, info = zoo.load_trained(MODEL)  # trains on first use (minutes), then cached
-    print(f"{MODEL}: test accuracy {info['test_accuracy']:.3f} "
-          f"({'cached' if info['cached'] else 'trained now'})")
-    shapes = sources.load("repsim_shapes", split="test").meta["shapes"].take(np.arange(N_IMAGES))
-    images, labels = shapes.images, shapes.labels
-    class_names, class_rules = list(shapes.class_names), list(shapes.class_rules)
-    concept_labels, concept_names = shapes.concept_labels, list(shapes.concept_names)
-    concept_masks = shapes.concept_masks()          # (N, H, W, C) bool, pixel-exact
-    LAYERS = ['features.7', 'features.15']
-
-else:
-    weights = WEIGHTS
-    if weights is None:   # torchvision's ImageNet weights as numpy arrays
-        import torchvision
-        net = torchvision.models.get_model(ARCH, weights="DEFAULT")
-        weights = {k: v.detach().cpu().numpy() for k, v in net.state_dict().items()}
-    model = models.load_ported(ARCH, weights, input_shape=(SIZE, SIZE, 3))
-    from repsim_jax import data as rdata   # one loader for every source; resized/cropped
-    ds = rdata.load(DATA, split="auto", n_images=N_IMAGES, preprocess=model, stream=False)
-    images = np.asarray(ds.images)
-    logits = models.activations(model, images, ["logits"])["logits"]
-    labels = np.asarray(logits).argmax(-1).astype(np.int32)   # the model's predictions
-    class_names = [f"imagenet_{k}" for k in range(logits.shape[-1])]
-    class_rules = None
-    # the data set's classes are the concepts (one-hot), as INVERT does with ImageNet labels
-    concept_names = [str(c) for c in ds.class_names]
-    concept_labels = ds.labels[:, None] == np.arange(len(concept_names))[None, :]
-    concept_masks = None
-    LAYERS = ['layer2', 'layer4']
-
-print(f"{len(images)} images {images.shape[1:]}, {len(concept_names)} concepts, "
-      f"layers {LAYERS}")
+# data, model and layers for either kind of DATA (built-in: trained on first use, then cached)
+nb = notebook.setup(DATA, n_images=N_IMAGES, model=MODEL, arch=ARCH, weights=WEIGHTS,
+                    size=SIZE, layers={"small_vgg": ['features.7', 'features.15'],
+                                       "resnet18": ['layer2', 'layer4']})
+model, images, labels, LAYERS = nb.model, nb.images, nb.labels, list(nb.layers)
+class_names, class_rules = list(nb.class_names), nb.class_rules   # rules: None on tfds
+concept_labels, concept_names = nb.concept_labels, list(nb.concept_names)
+concept_masks = nb.concept_masks   # (N, H, W, C) bool, pixel-exact; None on tfds
 
 # %% [markdown]
 # ## Training the decoders and the reference auto-encoder

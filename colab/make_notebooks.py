@@ -3,8 +3,8 @@
 The notebooks are kept as jupytext ``py:percent`` files (``# %%`` code cells,
 ``# %% [markdown]`` text cells): plain Python that reads, diffs and lints like any module,
 with everything the notebooks need imported from the library (the report's figures from
-:mod:`repsim_jax.sweep.figures`, data from :mod:`repsim_jax.data`, models from
-:mod:`repsim_jax.models`). The ``.ipynb`` files (what Colab opens) are generated from them
+:mod:`repsim_jax.sweep.figures`, data, model and layers from one call of
+:func:`repsim_jax.notebook.setup`, the methods from their subpackages). The ``.ipynb`` files (what Colab opens) are generated from them
 by this one command::
 
     python colab/make_notebooks.py          # all notebooks
@@ -15,6 +15,7 @@ equal what this writes and executes each one headless with ``REPSIM_NOTEBOOK_SMA
 """
 from __future__ import annotations
 
+import hashlib
 import sys
 from pathlib import Path
 
@@ -39,8 +40,10 @@ def notebook(source: Path):
     import jupytext
     nb = jupytext.read(source, fmt="py:percent")
     nb.metadata = dict(METADATA)
-    for cell in nb.cells:
+    for i, cell in enumerate(nb.cells):
         cell.metadata = {}
+        # stable cell ids (name and position), so regenerating changes only edited cells
+        cell.id = hashlib.sha1(f"{Path(source).stem}:{i}".encode()).hexdigest()[:8]
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
     return nb

@@ -61,9 +61,8 @@ import re
 
 import numpy as np
 
-from repsim_jax import models, semantic, sweep
-from repsim_jax.data import sources
-from repsim_jax.models.preprocess import Preprocess, resize_array
+from repsim_jax import models, notebook, semantic, sweep
+from repsim_jax.models.preprocess import Preprocess
 from repsim_jax.sweep import figures          # the report's figures, shown inline here
 from repsim_jax.sweep.figures import show
 
@@ -86,21 +85,17 @@ print(len(names), "layers; blocks:", blocks)
 # %% [markdown]
 # ## Activations of every block
 #
-# Images enter as NHWC in [0, 1]; `resize_array` (or the data loader, given the model)
+# Images enter as NHWC in [0, 1]; `notebook.setup` (given the model, on either kind of data)
 # applies the processor's resize/crop rule (a no-op for the random model, 64 px),
 # `activations` the normalisation. Token layers are `[CLS, registers..., patches]`: the
 # patch tokens start at `model.num_prefix_tokens`.
 
 # %%
 N = 24 if SMALL else 160
-if DATA == "repsim_shapes":   # ground-truth concepts as the label sets of retrieval
-    data = sources.load("repsim_shapes", split="test").meta["shapes"].take(np.arange(N))
-    x, labels, classes = resize_array(data.images, model.preprocess), data.concept_labels, data.labels
-else:                         # a tfds set: resized/cropped by the model's rule, classes as labels
-    from repsim_jax import data as rdata
-    ds = rdata.load(DATA, split="auto", n_images=N, preprocess=model, stream=False)
-    x, classes = np.asarray(ds.images), np.asarray(ds.labels)
-    labels = classes[:, None] == np.arange(classes.max() + 1)[None, :]
+# your model on either kind of DATA: images resized/cropped by its rule, the data's classes
+nb = notebook.setup(DATA, n_images=N, model=model, layers=blocks, predict=False, batch_size=16)
+x, classes = nb.images, nb.labels
+labels = nb.concept_labels   # label sets of retrieval: ground-truth concepts, or classes one-hot
 acts = models.activations(model, x, blocks, batch_size=16)
 patches = {b: np.asarray(acts[b])[:, model.num_prefix_tokens:] for b in blocks}
 for b in blocks:

@@ -109,7 +109,8 @@ def test_notebooks_are_generated_from_their_plain_sources(tmp_path):
     """Every colab/<name>.py (jupytext py:percent) has its committed <name>.ipynb equal to
     what colab/make_notebooks.py writes from it, without stored outputs; every notebook
     opens as the brief asks (install cell guarded by ``import repsim_jax``, the SMALL
-    switch, one DATA line) and takes its helpers and figures from the library."""
+    switch, one DATA line) and takes its helpers, figures, data and model from the library
+    (``repsim_jax.notebook.setup``)."""
     sys.path.insert(0, str(COLAB))
     try:
         import make_notebooks
@@ -124,6 +125,8 @@ def test_notebooks_are_generated_from_their_plain_sources(tmp_path):
         assert [(c.cell_type, c.source) for c in committed.cells] == \
             [(c.cell_type, c.source) for c in fresh.cells], (
             f"{name}.ipynb differs from {name}.py: run python colab/make_notebooks.py")
+        # cell ids are stable (name, position): regenerating does not rewrite every cell
+        assert [c.get("id") for c in committed.cells] == [c.get("id") for c in fresh.cells]
         assert committed.metadata.get("kernelspec", {}).get("name") == "python3"
         sources = [c.source for c in committed.cells if c.cell_type == "code"]
         assert all(not c.get("outputs") for c in committed.cells if c.cell_type == "code")
@@ -141,6 +144,11 @@ def test_notebooks_are_generated_from_their_plain_sources(tmp_path):
         for helper in ("show", "image_grid", "image_rows", "load_tfds", "imagenet_classifier",
                        "rule_iou"):
             assert not re.search(rf"^\s*def {helper}\(", code, re.M), (name, helper)
+        # data and model come from one library call, not from a copy of its code
+        assert "notebook.setup(DATA" in code, name
+        for copied in ("zoo.load_trained(", "torchvision.models.get_model(", "rdata.load(",
+                       "sources.load(", ".argmax(-1).astype"):
+            assert copied not in code, (name, copied)
         if name in NOTEBOOKS:
             assert committed.cells[0].cell_type == "markdown"
             assert "arXiv" in committed.cells[0].source or name == "quickstart"

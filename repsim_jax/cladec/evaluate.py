@@ -38,36 +38,67 @@ from flax import nnx
 from repsim_jax._checks import InputError, as_float_array, check_same_length, unknown_name
 from repsim_jax._results import result
 from repsim_jax.cladec.decoder import reinitialize
-from repsim_jax.cladec.train import (_check_labels, _logits, _stack, _taps, _with_mode,
-                                     check_images, frozen, map_members, train_members)
+from repsim_jax.cladec.train import (MemberSources, _check_labels, _logits, _stack, _taps,
+                                     _with_mode, check_images, frozen, map_members,
+                                     train_members)
+from repsim_jax.data import views
 
 __all__ = ["reconstruction_error", "RetrainAccuracy", "retrain_accuracy", "gradient_saliency",
            "difference_map", "deletion_curve", "saliency_comparison"]
 
 
-def reconstruction_error(images, reconstructions, *, reduction: str = "sum") -> float:
-    """Mean over images of the per-image sum (``"sum"``) or mean (``"mean"``) squared error."""
-    as_float_array(images, "images", ndim=4)
-    as_float_array(reconstructions, "reconstructions", ndim=4)
+def reconstruction_error(images, reconstructions, *, reduction: str = "sum",
+                         batch_size: int = 256) -> float:
+    """Mean over images of the per-image sum (``"sum"``) or mean (``"mean"``) squared error.
+
+    Either argument may be a streamed source (a lazy data set, the lazy view
+    :func:`~repsim_jax.cladec.train.reconstruct` returns for one): then both are read
+    ``batch_size`` images at a time and the error is reduced chunk by chunk (float64
+    accumulation; the in-memory path is unchanged)."""
+    if reduction not in ("sum", "mean"):
+        raise InputError(f"reduction: expected 'sum' or 'mean', got {reduction!r}")
+    streamed = views.is_source(images) or views.is_source(reconstructions)
+    for name, x in (("images", images), ("reconstructions", reconstructions)):
+        if streamed and views.is_source(x):
+            if len(x.shape) != 4:
+                raise InputError(f"{name}: expected 4 dimensions, got shape {tuple(x.shape)}")
+        else:
+            as_float_array(x, name, ndim=4)
     if tuple(images.shape) != tuple(reconstructions.shape):
         raise InputError(f"reconstructions: shape {tuple(reconstructions.shape)} differs from "
                          f"images {tuple(images.shape)}")
+    if streamed:
+        total, n = 0.0, int(images.shape[0])
+        for s, x in views.chunks(images, batch_size):
+            r = np.asarray(reconstructions[s:s + len(x)])
+            as_float_array(x, "images", ndim=4)
+            as_float_array(r, "reconstructions", ndim=4)
+            total += float(_sq_sum(jnp.asarray(r, jnp.float32), jnp.asarray(x, jnp.float32)))
+        per_value = n if reduction == "sum" else n * int(np.prod(images.shape[1:]))
+        return total / per_value
     sq = (jnp.asarray(reconstructions, jnp.float32) - jnp.asarray(images, jnp.float32)) ** 2
     if reduction == "sum":
         return float(jnp.mean(jnp.sum(sq, axis=(1, 2, 3))))
-    if reduction == "mean":
-        return float(jnp.mean(sq))
-    raise InputError(f"reduction: expected 'sum' or 'mean', got {reduction!r}")
+    return float(jnp.mean(sq))
 
 
-def _sets(name, sets, n_ref=None):
+@jax.jit
+def _sq_sum(r, x):
+    return jnp.sum((r - x) ** 2, dtype=jnp.float32)
+
+
+def _sets(name, sets, chunk: int = 64):
+    """The image sets stacked ``(K, N, ...)`` on the device, or, when any of them is a
+    streamed source, a :class:`~repsim_jax.cladec.train.MemberSources` read per minibatch."""
     if not isinstance(sets, Mapping) or not sets:
         raise InputError(f"{name}: expected a non-empty dict name -> images (N, H, W, C)")
     for k, v in sets.items():
-        check_images(v, f"{name}[{k!r}]")
+        check_images(v, f"{name}[{k!r}]", chunk=chunk)
     shapes = {tuple(v.shape) for v in sets.values()}
     if len(shapes) != 1:
         raise InputError(f"{name}: all image sets must have one shape, got {sorted(shapes)}")
+    if any(views.is_source(v) for v in sets.values()):
+        return MemberSources(list(sets.values()))
     return jnp.stack([jnp.asarray(v, jnp.float32) for v in sets.values()])
 
 
@@ -77,7 +108,9 @@ class RetrainAccuracy:
 
     ``accuracy`` ``{name: test accuracy}`` keyed by the names of the input sets (in their
     order); ``steps`` training steps of each fresh classifier; ``n_train`` / ``n_test``
-    images per training / test set. ``acc["cladec"]`` reads ``acc.accuracy["cladec"]``.
+    images per training / test set. It reads like that mapping: ``acc["cladec"]`` is
+    ``acc.accuracy["cladec"]``, and ``len``, ``in``, iteration, ``keys``/``values``/``items``
+    go over the set names.
     """
     accuracy: dict
     steps: int
@@ -89,12 +122,30 @@ class RetrainAccuracy:
             raise unknown_name("image set", name, list(self.accuracy))
         return self.accuracy[name]
 
+    def __iter__(self):
+        return iter(self.accuracy)
+
+    def __len__(self) -> int:
+        return len(self.accuracy)
+
+    def __contains__(self, name) -> bool:
+        return name in self.accuracy
+
+    def keys(self):
+        return self.accuracy.keys()
+
+    def values(self):
+        return self.accuracy.values()
+
+    def items(self):
+        return self.accuracy.items()
+
 
 def retrain_accuracy(classifier: nnx.Module, train_sets: Mapping[str, np.ndarray], train_labels,
                      test_sets: Mapping[str, np.ndarray], test_labels, *, steps: int = 500,
                      batch_size: int = 64, lr: float = 1e-3, weight_decay: float = 0.0,
-                     seed: int = 0, progress: bool = True,
-                     member_map: str = "auto") -> RetrainAccuracy:
+                     seed: int = 0, progress: bool = True, member_map: str = "auto",
+                     eval_batch_size: int = 512) -> RetrainAccuracy:
     """Test accuracy of a fresh ``classifier`` trained on each decoded training set.
 
     ``train_sets`` / ``test_sets``: ``{name: images}`` with the same names (e.g. ``"input"``,
@@ -103,21 +154,28 @@ def retrain_accuracy(classifier: nnx.Module, train_sets: Mapping[str, np.ndarray
     returns a :class:`RetrainAccuracy` whose ``accuracy`` is ``{name: accuracy on
     test_sets[name]}``. ``classifier`` may be any capture-convention
     model taking these images (the paper retrains the explained classifier's architecture).
+
+    Any set may be a streamed source (a lazy data set, the lazy reconstructions of
+    :func:`~repsim_jax.cladec.train.reconstruct`): training then gathers each minibatch of
+    every set by index on the host (:func:`~repsim_jax.cladec.train.train_members`) and the
+    test accuracy is counted ``eval_batch_size`` images at a time, so memory is bounded by
+    the batch sizes, not by N.
     """
     if set(train_sets) != set(test_sets):
         raise InputError(f"train_sets and test_sets name different sets: {sorted(train_sets)} "
                          f"vs {sorted(test_sets)}")
     names = list(train_sets)
-    xtr = _sets("train_sets", train_sets)
-    xte = _sets("test_sets", {k: test_sets[k] for k in names})
+    xtr = _sets("train_sets", train_sets, batch_size)
+    xte = _sets("test_sets", {k: test_sets[k] for k in names}, eval_batch_size)
     fresh = reinitialize(classifier, seed)
     graphdef, params, rest = _with_mode(fresh, train_bn=True)
     eval_graphdef = _with_mode(fresh, train_bn=False)[0]
     num_classes = int(jax.eval_shape(lambda p, r, x: _logits(graphdef, p, r, x), params, rest,
-                                     jax.ShapeDtypeStruct((1, *xtr.shape[2:]), jnp.float32))
+                                     jax.ShapeDtypeStruct((1, *tuple(xtr.shape)[2:]),
+                                                          jnp.float32))
                       .shape[-1])
-    ytr = _check_labels(train_labels, xtr[0], num_classes)
-    yte = _check_labels(test_labels, xte[0], num_classes)
+    ytr = _check_labels(train_labels, np.empty(tuple(xtr.shape)[1:2]), num_classes)
+    yte = _check_labels(test_labels, np.empty(tuple(xte.shape)[1:2]), num_classes)
     k = len(names)
     params_k = _stack([params] * k)
     rest_k = _stack([rest] * k)
@@ -137,9 +195,14 @@ def retrain_accuracy(classifier: nnx.Module, train_sets: Mapping[str, np.ndarray
     for i, name in enumerate(names):
         p = jax.tree.map(lambda a: a[i], params_k)
         r = jax.tree.map(lambda a: a[i], rest_k)
-        pred = np.concatenate([np.asarray(_predict(p, r, xte[i, j:j + 512],
-                                                       graphdef=eval_graphdef))
-                               for j in range(0, xte.shape[1], 512)])
+        if isinstance(xte, MemberSources):   # streamed: one chunk of one set at a time
+            blocks = (jnp.asarray(x, jnp.float32)
+                      for _, x in views.chunks(xte.sources[i], eval_batch_size))
+        else:
+            blocks = (xte[i, j:j + eval_batch_size]
+                      for j in range(0, xte.shape[1], eval_batch_size))
+        pred = np.concatenate([np.asarray(_predict(p, r, x, graphdef=eval_graphdef))
+                               for x in blocks])
         out[name] = float(np.mean(pred == yte))
     return RetrainAccuracy(accuracy=out, steps=int(steps), n_train=int(xtr.shape[1]),
                            n_test=int(xte.shape[1]))

@@ -29,6 +29,15 @@ which unrolls them on XLA:CPU (vmapped per-member convolutions become slow group
 Steps run one jitted call each on CPU and in device-side ``lax.fori_loop`` blocks elsewhere
 (``step_loop`` of :func:`train_members`).
 
+Streaming: ``images`` may be an in-memory array or a source read in batches (a
+:class:`~repsim_jax.data.LazyArray` of a data set larger than memory, a
+:class:`~repsim_jax.data.views.MappedView`). A source is never read as a whole: each step's
+minibatch is gathered by index on the host (one request of ``batch_size`` items, the next
+one prefetched by a background thread while the device works), and :func:`reconstruct` /
+:func:`reconstruct_ae` of a source return a lazy view that decodes chunk by chunk when
+read. The minibatch indices are the same as in memory, so the numbers agree with the
+in-memory path to float tolerance.
+
 Determinism and resumption: the batch of step ``t`` is slice ``t mod (N // B)`` of the
 permutation drawn from ``fold_in(key, t // (N // B))``, so a run depends only on its step
 count. With ``checkpoint_dir`` the state (parameters, optimiser, loss history) is saved with
@@ -54,22 +63,52 @@ from repsim_jax import _progress
 from repsim_jax._checks import InputError, as_float_array, check_same_length, unknown_name
 from repsim_jax._results import result
 from repsim_jax.cladec.decoder import Decoder, reinitialize
+from repsim_jax.data import views
 
 __all__ = ["CladecFit", "AutoencoderFit", "DecoderGroup", "fit_cladec", "fit_reference_ae",
            "reconstruct", "reconstruct_ae", "train_members", "check_images", "check_alphas",
-           "check_layers", "frozen", "map_members"]
+           "check_layers", "frozen", "map_members", "MemberSources"]
 
 
 # ----------------------------------------------------------------------------- checks
 
-def check_images(images, name: str = "images", *, low: float = 0.0, high: float = 1.0):
-    """NHWC float images inside the classifier's input range ``[low, high]``."""
+def check_images(images, name: str = "images", *, low: float = 0.0, high: float = 1.0,
+                 chunk: int = 64):
+    """NHWC float images inside the classifier's input range ``[low, high]``.
+
+    A source that is not in memory (:func:`repsim_jax.data.views.is_source`) is checked on
+    its first ``chunk`` images (reading it all would defeat streaming); the training loops
+    check every minibatch they draw from it (:func:`_checked_source`)."""
+    if views.is_source(images):
+        if len(images.shape) != 4 or np.dtype(images.dtype).kind not in "fiu":
+            raise InputError(f"{name}: expected NHWC float images (4 dimensions), got shape "
+                             f"{tuple(images.shape)}, dtype {images.dtype}")
+        if int(images.shape[0]) == 0:
+            raise InputError(f"{name}: empty (shape {tuple(images.shape)})")
+        first = np.asarray(images[0:min(int(chunk), int(images.shape[0]))])
+        as_float_array(first, name, ndim=4)
+        views.check_range(first, name, low, high)
+        return images
     as_float_array(images, name, ndim=4)
-    lo, hi = float(np.min(images)), float(np.max(images))
-    if lo < low - 1e-6 or hi > high + 1e-6:
-        raise InputError(f"{name}: values must lie in [{low}, {high}] (the classifier's input "
-                         f"range; decoders end in a sigmoid), got min {lo:.4g}, max {hi:.4g}")
+    views.check_range(images, name, low, high)
     return images
+
+
+def _range_checked(batch, name):
+    batch = np.asarray(batch, np.float32)
+    as_float_array(batch, name, ndim=4)
+    views.check_range(batch, name, 0.0, 1.0)
+    return batch
+
+
+def _checked_source(images, name: str = "images"):
+    """``images`` as training data: a device array when in memory; a source stays a source
+    whose every read is checked (finite, inside ``[0, 1]``) as it is drawn."""
+    if not views.is_source(images):
+        return jnp.asarray(images, jnp.float32)
+    return views.MappedView(images, functools.partial(_range_checked, name=name),
+                            item_shape=images.shape[1:], dtype=np.float32,
+                            batch_size=int(images.shape[0]), name=name)
 
 
 def check_alphas(alphas) -> tuple[float, ...]:
@@ -199,6 +238,10 @@ def _batch_index(key, step, n, batch):
     return jax.lax.dynamic_slice(perm, ((step % per_epoch) * batch,), (batch,))
 
 
+# the minibatch indices on the host (streamed data): one module-level jit
+_batch_index_jit = jax.jit(_batch_index, static_argnums=(2, 3))
+
+
 def _to_saveable(leaf):
     if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
         return jax.random.key_data(leaf)
@@ -209,6 +252,35 @@ def _from_saved(saved, like):
     if jnp.issubdtype(like.dtype, jax.dtypes.prng_key):
         return jax.random.wrap_key_data(jnp.asarray(saved), impl=jax.random.key_impl(like))
     return jnp.asarray(saved, like.dtype)
+
+
+class MemberSources:
+    """``K`` sources of ``N`` items each, one per member, read together: the streamed form
+    of a ``(K, N, ...)`` ``member_data`` leaf of :func:`train_members`
+    (``items(idx) -> (K, B, ...)``)."""
+
+    def __init__(self, sources: Sequence):
+        self.sources = list(sources)
+        shapes = {tuple(s.shape) for s in self.sources}
+        if len(shapes) != 1:
+            raise InputError(f"member sources must have one shape, got {sorted(shapes)}")
+        self.dtype = np.dtype(np.float32)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.sources), *tuple(self.sources[0].shape))
+
+    def items(self, idx) -> np.ndarray:
+        return np.stack([np.asarray(s[idx], np.float32) for s in self.sources])
+
+
+def _host_batches(data: dict, member_data: dict, idx_of: Callable):
+    """``batch(t) -> (data batch, member batch)`` of the streamed leaves at step ``t``."""
+    def batch(t):
+        idx = np.asarray(idx_of(jnp.asarray(t, jnp.int32)))
+        return ({k: np.asarray(v[idx]) for k, v in data.items()},
+                {k: v.items(idx) for k, v in member_data.items()})
+    return batch
 
 
 def train_members(loss_all: Callable, params, aux, consts, data: dict, *, steps: int,
@@ -233,9 +305,23 @@ def train_members(loss_all: Callable, params, aux, consts, data: dict, *, steps:
     time (same numbers). On XLA:CPU convolution gradients inside a loop body run ~10x slower
     than the same step called from Python (measured on the small VGG), so ``"auto"`` picks
     ``"python"`` on the CPU backend and ``"fori"`` elsewhere.
+
+    Streaming: a ``data`` value may be a source that is not in memory
+    (:func:`repsim_jax.data.views.is_source`) and a ``member_data`` value a
+    :class:`MemberSources`; their minibatch (the same indices as in memory) is gathered on
+    the host, one request of ``batch_size`` items per step, the next step's prefetched by
+    a background thread, and passed to the jitted step. Such runs step from Python
+    (``step_loop="fori"`` is refused: a device loop cannot read the host).
     """
-    step_loop = _backend_choice("step_loop", step_loop, STEP_LOOPS, cpu="python", other="fori")
     member_data = member_data or {}
+    streamed = {k: v for k, v in data.items() if views.is_source(v)} \
+        if isinstance(data, dict) else {}
+    mstreamed = {k: v for k, v in member_data.items() if isinstance(v, MemberSources)}
+    if (streamed or mstreamed) and step_loop == "fori":
+        raise InputError("step_loop='fori' needs the training data in memory; streamed "
+                         "sources are read on the host step by step (use 'auto' or 'python')")
+    step_loop = ("python" if streamed or mstreamed else
+                 _backend_choice("step_loop", step_loop, STEP_LOOPS, cpu="python", other="fori"))
     leaves = jax.tree.leaves(data)
     n = int(leaves[0].shape[0]) if leaves else int(jax.tree.leaves(member_data)[0].shape[1])
     batch_size = int(min(batch_size, n))
@@ -248,11 +334,16 @@ def train_members(loss_all: Callable, params, aux, consts, data: dict, *, steps:
     history = jnp.full((n_logs, k), jnp.nan, jnp.float32)
     key = jax.random.key(seed)
 
-    def one_step(t, carry):
+    dev_data = {k: v for k, v in data.items() if k not in streamed} if streamed else data
+    dev_mdata = {k: v for k, v in member_data.items() if k not in mstreamed}
+
+    def one_step(t, carry, host=None, mhost=None):
         params, aux, opt_state, acc = carry
         idx = _batch_index(key, t, n, batch_size)
-        batch = jax.tree.map(lambda a: a[idx], data)
-        mbatch = jax.tree.map(lambda a: a[:, idx], member_data)
+        batch = jax.tree.map(lambda a: a[idx], dev_data)
+        mbatch = jax.tree.map(lambda a: a[:, idx], dev_mdata)
+        if host or mhost:           # the streamed leaves' minibatch, gathered on the host
+            batch, mbatch = {**batch, **host}, {**mbatch, **mhost}
 
         def total(p):
             losses, new_aux = loss_all(p, aux, consts, batch, mbatch)
@@ -281,7 +372,24 @@ def train_members(loss_all: Callable, params, aux, consts, data: dict, *, steps:
         history = history.at[start // log_every].set(acc / (stop - start))
         return params, aux, opt_state, history
 
-    run_block = run_fori if step_loop == "fori" else run_python
+    def run_streamed(params, aux, opt_state, history, start, stop):
+        import concurrent.futures as cf
+        fetch = _host_batches(streamed, mstreamed,
+                              lambda t: _batch_index_jit(key, t, n, batch_size))
+        carry = (params, aux, opt_state, jnp.zeros((k,), jnp.float32))
+        with cf.ThreadPoolExecutor(1) as pool:
+            nxt = pool.submit(fetch, start)
+            for t in range(start, stop):
+                host, mhost = nxt.result()
+                if t + 1 < stop:             # decode the next minibatch meanwhile
+                    nxt = pool.submit(fetch, t + 1)
+                carry = step_jit(jnp.asarray(t, jnp.int32), carry, host, mhost)
+        params, aux, opt_state, acc = carry
+        history = history.at[start // log_every].set(acc / (stop - start))
+        return params, aux, opt_state, history
+
+    run_block = run_fori if step_loop == "fori" else (
+        run_streamed if streamed or mstreamed else run_python)
 
     state = {"params": params, "aux": aux, "opt": opt_state, "history": history}
     start = 0
@@ -478,14 +586,15 @@ def fit_cladec(model: nnx.Module, images, labels, layers: str | Sequence[str],
                callback: Callable | None = None, step_loop: str = "auto") -> CladecFit:
     """Trains one ClaDec decoder per ``(layer, alpha)`` for the frozen classifier ``model``.
 
-    ``images``: NHWC in ``[0, 1]`` (the classifier's input range); ``labels``: class indices.
+    ``images``: NHWC in ``[0, 1]`` (the classifier's input range), an array or a source read
+    one minibatch at a time (module docstring, "Streaming"); ``labels``: class indices.
     All alphas of a layer - and all layers whose activations have the same shape - train as
     one vmapped step. ``model`` is never modified (its BN runs in evaluation mode).
     ``step_loop``: see :func:`train_members`.
     Raises ``KeyError`` for an unknown layer and :class:`InputError` for alphas outside
     ``[0, 1]``, images outside ``[0, 1]`` or mismatched labels.
     """
-    check_images(images)
+    check_images(images, chunk=batch_size)
     image_shape = tuple(int(s) for s in images.shape[1:])
     layers = check_layers(model, layers, image_shape)
     alphas = check_alphas(alphas)
@@ -495,7 +604,7 @@ def fit_cladec(model: nnx.Module, images, labels, layers: str | Sequence[str],
                                      jax.ShapeDtypeStruct((1, *image_shape), jnp.float32))
                       .shape[-1])
     labels = _check_labels(labels, images, num_classes)
-    data = {"x": jnp.asarray(images, jnp.float32), "y": jnp.asarray(labels)}
+    data = {"x": _checked_source(images), "y": jnp.asarray(labels)}
     groups = []
     for gi, (code_shape, glayers) in enumerate(_group_by_shape(layers, shapes)):
         members = [(l, a) for l in glayers for a in alphas]
@@ -550,6 +659,8 @@ def fit_reference_ae(model: nnx.Module, images, layers: str | Sequence[str], *,
                      step_loop: str = "auto") -> AutoencoderFit:
     """Reference auto-encoder per layer: fresh encoder up to ``layer`` + decoder, MSE only.
 
+    ``images`` as in :func:`fit_cladec` (an array or a streamed source).
+
     The encoder is the classifier's architecture freshly initialised: by default
     :func:`~repsim_jax.cladec.decoder.reinitialize` of ``model``; ``encoder`` may instead be
     an untrained model of the same architecture or a factory ``seed -> model`` (e.g.
@@ -558,7 +669,7 @@ def fit_reference_ae(model: nnx.Module, images, layers: str | Sequence[str], *,
     one step (one encoder+decoder per layer), mapped over members by ``member_map`` (see
     :func:`map_members`: on CPU the per-layer encoders are unrolled rather than vmapped).
     """
-    check_images(images)
+    check_images(images, chunk=batch_size)
     image_shape = tuple(int(s) for s in images.shape[1:])
     layers = check_layers(model, layers, image_shape)
     shapes = _layer_shapes(model, image_shape)
@@ -570,7 +681,7 @@ def fit_reference_ae(model: nnx.Module, images, layers: str | Sequence[str], *,
             return encoder if s == seed else reinitialize(encoder, s)
         return encoder(s)
 
-    data = {"x": jnp.asarray(images, jnp.float32)}
+    data = {"x": _checked_source(images)}
     groups = []
     for gi, (code_shape, glayers) in enumerate(_group_by_shape(layers, shapes)):
         seeds = [seed + 1000 * i for i in range(len(glayers))]
@@ -629,6 +740,13 @@ def _encode_decode(params, rest, dec_params, x, *, graphdef, dec_graphdef, layer
 
 
 def _batched(fn, images, batch_size):
+    if views.is_source(images):
+        # a lazy view: each read decodes its items, ``batch_size`` (default 256) at a time
+        def decode(x):
+            return np.asarray(fn(jnp.asarray(x, jnp.float32)))
+        return views.MappedView(images, decode, item_shape=images.shape[1:],
+                                dtype=np.float32, batch_size=batch_size or 256,
+                                name="reconstructions")
     n = images.shape[0]
     if batch_size is None or batch_size >= n:
         return np.asarray(fn(jnp.asarray(images, jnp.float32)))
@@ -638,8 +756,12 @@ def _batched(fn, images, batch_size):
 
 def reconstruct(fit: CladecFit, images, layer: str, alpha: float | None = None, *,
                 batch_size: int | None = 256) -> np.ndarray:
-    """ClaDec reconstructions ``D(L(x))`` of ``images`` for one ``(layer, alpha)``."""
-    check_images(images)
+    """ClaDec reconstructions ``D(L(x))`` of ``images`` for one ``(layer, alpha)``.
+
+    An array for in-memory ``images``; for a streamed source a lazy
+    :class:`~repsim_jax.data.views.MappedView` that decodes the items asked for,
+    ``batch_size`` at a time (nothing is computed until it is read)."""
+    check_images(images, chunk=batch_size or 256)
     group, i = fit.find(layer, alpha)
     cla_graphdef, cla_state = fit.classifier
     params = jax.tree.map(lambda a: a[i], group.decoder_params)
@@ -651,8 +773,9 @@ def reconstruct(fit: CladecFit, images, layer: str, alpha: float | None = None, 
 
 def reconstruct_ae(fit: AutoencoderFit, images, layer: str, *,
                    batch_size: int | None = 256) -> np.ndarray:
-    """Reference auto-encoder reconstructions of ``images`` through ``layer``."""
-    check_images(images)
+    """Reference auto-encoder reconstructions of ``images`` through ``layer`` (a lazy view for
+    a streamed source, as :func:`reconstruct`)."""
+    check_images(images, chunk=batch_size or 256)
     group, i = fit.find(layer)
     enc_graphdef, (enc_params, enc_rest) = group.encoder
     take = lambda t: jax.tree.map(lambda a: a[i], t)  # noqa: E731

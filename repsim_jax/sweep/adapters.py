@@ -577,15 +577,46 @@ def adapt_concepts_compare(unit, ctx) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------ cladec
+def _head(images, n: int):
+    """The first ``n`` images: a slice in memory, a lazy view of a streamed source."""
+    from repsim_jax.data.views import in_memory
+    return images[:n] if in_memory(images) else images.take(np.arange(n))
+
+
+def _tail(images, n: int):
+    """The images from index ``n`` on (a lazy view for a streamed source)."""
+    from repsim_jax.data.views import in_memory
+    return images[n:] if in_memory(images) else images.take(np.arange(n, len(images)))
+
+
+def _sse_per_image(images, rec, chunk: int) -> np.ndarray:
+    """(N,) sum of squared errors per image, chunk by chunk (each image's sum is the same
+    numpy reduction whatever the chunking, so in-memory numbers are unchanged)."""
+    from repsim_jax.data.views import chunks
+    out = []
+    for s, x in chunks(images, chunk):
+        r = np.asarray(rec[s:s + len(x)], np.float32)
+        out.append(((r - x) ** 2).reshape(len(x), -1).sum(1))
+    return np.concatenate(out)
+
+
 def adapt_cladec(unit, ctx) -> dict[str, Any]:
-    """ClaDec decoder and reference auto-encoder of one layer: reconstructions, errors."""
+    """ClaDec decoder and reference auto-encoder of one layer: reconstructions, errors.
+
+    A lazy data set streams: the decoders train on minibatches gathered by index, the
+    reconstructions are lazy views decoded chunk by chunk for the errors and the retrain
+    check, and only the shown grid is stored (in-memory data also keeps every
+    reconstruction, as before)."""
+    from repsim_jax.data.views import gather, in_memory
     opts = ctx.cfg.method_options("cladec")
     fit_cladec = _fn("repsim_jax.cladec.train", "fit_cladec")
     fit_ae = _fn("repsim_jax.cladec.train", "fit_reference_ae")
     reconstruct = _fn("repsim_jax.cladec.train", "reconstruct")
     reconstruct_ae = _fn("repsim_jax.cladec.train", "reconstruct_ae")
     model = ctx.models[unit.model]
-    images = np.asarray(ctx.images(unit.model))   # (in memory until ClaDec streams)
+    images = ctx.images(unit.model)          # an array, or a lazy view of a streamed set
+    streamed = not in_memory(images)
+    bs = ctx._batch_size()
     (layer,) = unit.layers
     alpha = float(opts["alpha"])
     seed = ctx.seed(unit)
@@ -594,15 +625,18 @@ def adapt_cladec(unit, ctx) -> dict[str, Any]:
                   progress=_inner(ctx))
     fit = fit_cladec(model, images, ctx.data.labels, [layer], [alpha], **common)
     ae = fit_ae(model, images, [layer], **common)
-    rec = np.asarray(reconstruct(fit, images, layer, alpha), np.float32)
-    rec_ae = np.asarray(reconstruct_ae(ae, images, layer), np.float32)
+    rec = reconstruct(fit, images, layer, alpha, batch_size=bs if streamed else 256)
+    rec_ae = reconstruct_ae(ae, images, layer, batch_size=bs if streamed else 256)
+    if not streamed:
+        rec, rec_ae = np.asarray(rec, np.float32), np.asarray(rec_ae, np.float32)
     n_show = min(6, len(images))
-    grid = np.concatenate([images[:n_show], rec[:n_show], rec_ae[:n_show]])
-    per_image = lambda r: ((r - images) ** 2).reshape(len(images), -1).sum(1)  # noqa: E731
+    first = np.arange(n_show)
+    grid = np.concatenate([np.asarray(gather(x, first, bs), np.float32)
+                           for x in (images, rec, rec_ae)])
     row = {"model": unit.model, "layer": layer, "alpha": alpha, "steps": int(opts["steps"]),
            "lr": float(opts["lr"]),
-           "sse_per_image_cladec": float(per_image(rec).mean()),
-           "sse_per_image_ae": float(per_image(rec_ae).mean())}
+           "sse_per_image_cladec": float(_sse_per_image(images, rec, bs).mean()),
+           "sse_per_image_ae": float(_sse_per_image(images, rec_ae, bs).mean())}
     retrain_steps = int(opts.get("retrain_steps", 0))
     if retrain_steps > 0 and len(images) >= 4:
         # the paper's retraining check: a fresh classifier of the same architecture trained
@@ -610,14 +644,16 @@ def adapt_cladec(unit, ctx) -> dict[str, Any]:
         retrain = _fn("repsim_jax.cladec.evaluate", "retrain_accuracy")
         h = len(images) // 2
         sets = {"input": images, "cladec": rec, "ae": rec_ae}
-        acc = retrain(model, {k: v[:h] for k, v in sets.items()}, ctx.data.labels[:h],
-                      {k: v[h:] for k, v in sets.items()}, ctx.data.labels[h:],
+        labels = np.asarray(ctx.data.labels)
+        acc = retrain(model, {k: _head(v, h) for k, v in sets.items()}, labels[:h],
+                      {k: _tail(v, h) for k, v in sets.items()}, labels[h:],
                       steps=retrain_steps, batch_size=min(32, h), seed=seed,
-                      progress=_inner(ctx))
+                      progress=_inner(ctx), **({"eval_batch_size": bs} if streamed else {}))
         row.update({f"retrain_accuracy_{k}": float(v) for k, v in acc.accuracy.items()})
         row["retrain_steps"], row["retrain_test_images"] = retrain_steps, len(images) - h
-    return {"arrays": {"reconstruction": rec, "reconstruction_ae": rec_ae, "grid": grid},
-            "tables": {"cladec": [row]},
+    arrays = {"grid": grid} if streamed else {"reconstruction": rec,
+                                              "reconstruction_ae": rec_ae, "grid": grid}
+    return {"arrays": arrays, "tables": {"cladec": [row]},
             "figures": [{"kind": "images", "array": "grid", "name": "grid", "cols": n_show,
                          "title": f"{unit.model} {layer}: input / ClaDec (alpha={alpha}) / "
                                   f"reference AE"}],

@@ -122,6 +122,9 @@ def test_retrain_accuracy_result_on_planted_sets(tmp_path):
     assert list(acc.accuracy) == ["planted", "noise"]
     assert (acc.steps, acc.n_train, acc.n_test) == (150, n_tr, n_te)
     assert acc["planted"] == 1.0
+    assert list(acc) == list(acc.keys()) == ["planted", "noise"] and len(acc) == 2
+    assert "noise" in acc and "ae" not in acc and dict(acc.items()) == acc.accuracy
+    assert list(acc.values()) == [acc["planted"], acc["noise"]]
     assert abs(acc["noise"] - 1 / c) < 0.15           # chance, 100 test images
     with pytest.raises(KeyError, match="image set"):
         acc["ae"]
