@@ -307,6 +307,7 @@ def _similarity_section(units, figs: _Figures) -> str:
             out.append(_generic_section([(key, res)], figs))
             continue
         captions = {s.get("measure"): s.get("caption", "") for s in res["figures"]}
+        titles = {s.get("measure"): s.get("title") for s in res["figures"]}
         higher = meta.get("higher_is_similar", {})
         block = [f"<h3>{_e(key)}</h3>"]
         measures = meta.get("measures") or [s["measure"] for s in res["figures"]]
@@ -320,7 +321,7 @@ def _similarity_section(units, figs: _Figures) -> str:
                     hi = _is_similarity(label)
                 except (KeyError, ImportError):
                     hi = True
-            block.append(f"<h4>{_e(label)}</h4>" + _layer_maps(
+            block.append(f"<h4>{_e(titles.get(label) or label)}</h4>" + _layer_maps(
                 figs, key, A[f"similarity/{name}"], meta, label, "activations",
                 higher=bool(hi), note=captions.get(label, ""), tag=name
                 if len(measures) > 1 else ""))

@@ -205,3 +205,106 @@ def test_invert_without_permutations_says_q_is_nominal(planted):
     assert "perm_q_value" not in sec.split("Caveat")[1].split("<table")[1]
     # significant: the unit's nominal q below 0.05 (no invert_fdr unit here)
     assert sec.count("<tr class=sig>") == sum(10.0 ** -u / 2 < 0.05 for u in range(4))
+
+
+# ------------------------------------------------------------- a real (tiny) sweep
+@pytest.fixture(scope="module")
+def precomputed(tmp_path_factory):
+    """A model-free sweep from precomputed activations: INVERT with a few permutations,
+    ICE + Net2Vec on two layers of different shape (two concepts units)."""
+    from repsim_jax.sweep import config as C
+    from repsim_jax.sweep.run import run_sweep
+    d = tmp_path_factory.mktemp("pre")
+    rng = np.random.default_rng(1)
+    np.savez(d / "acts.npz", conv=rng.random((12, 4, 4, 3)).astype(np.float32),
+             fc=rng.random((12, 5)).astype(np.float32))
+    cfg = C.from_dict({
+        "methods": ["invert", "concepts"], "layers": "all", "batch_size": 8, "seed": 0,
+        "data": {"source": "repsim_shapes", "split": "test", "n_images": 12},
+        "models": [{"name": "pre", "activations": str(d / "acts.npz")}],
+        "invert": {"L": 2, "B": 2, "permutations": 3},
+        "concepts": {"k": 2, "max_iter": 20, "net2vec_epochs": 2},
+        "output": str(d / "run")})
+    return d / "run", run_sweep(cfg, progress=False, echo=None)
+
+
+@pytest.mark.slow   # a real sweep (~10 s quiet, ~30 s on a loaded 2-core machine)
+def test_invert_permutation_q_is_stored_and_used(precomputed):
+    out, path = precomputed
+    neurons = json.loads((out / "tables" / "invert_neurons.json").read_text())
+    fdr = json.loads((out / "tables" / "invert_sweep_fdr.json").read_text())
+    assert len(neurons) == 3 + 5 and len(fdr) == len(neurons)
+    # p = (1 + hits) / (1 + n) with n = 3 permutations
+    for r in neurons:
+        assert r["perm_p_value"] in (0.25, 0.5, 0.75, 1.0)
+        assert 0 <= r["perm_q_value_in_unit"] <= 1
+    from repsim_jax.invert import benjamini_hochberg
+    q, _ = benjamini_hochberg(np.asarray([r["perm_p_value"] for r in fdr]))
+    np.testing.assert_allclose([r["perm_q_value"] for r in fdr], q)
+    with np.load(out / "arrays" / "invert__pre__fc.npz") as z:
+        fc = [r for r in neurons if r["layer"] == "fc"]
+        np.testing.assert_array_equal(z["perm_p_value/fc"], [r["perm_p_value"] for r in fc])
+        np.testing.assert_array_equal(z["perm_q_value/fc"],
+                                      [r["perm_q_value_in_unit"] for r in fc])
+    html = path.read_text()
+    sec = html[html.index("<h2 id='invert'>"):html.index("<h2 id='concepts'>")]
+    assert "selection-aware permutation q" in sec and "3 permutations" in sec
+    assert "anti-conservative" not in sec
+    tables = re.findall(r"<table id='invert-\d+' class='sortable'>(.*?)</table>", sec, re.S)
+    assert len(tables) == 2
+    assert all("<th data-type=num>perm_q_value</th>" in t for t in tables)
+    # significant rows: the sweep-wide permutation q below the threshold
+    assert sum(t.count("<tr class=sig>") for t in tables) == sum(
+        r["perm_q_value"] < 0.05 for r in fdr)
+
+
+@pytest.mark.slow   # the same sweep
+def test_precomputed_sweep_net2vec_map_and_rerender(precomputed, monkeypatch, capsys):
+    out, path = precomputed
+    rows = json.loads((out / "tables" / "concepts_net2vec.json").read_text())
+    assert {r["layer"] for r in rows} == {"conv", "fc"}
+    store = Store(out, json.loads((out / "manifest.json").read_text())["config_hash"], {})
+    units = [(k, store.load(k)) for k in ("concepts__pre__fc", "concepts__pre__conv")]
+    M, concepts, layers, _ = R.net2vec_by_model(units)["pre"]
+    assert layers == ["conv", "fc"]            # the activations' order, not the units'
+    for r in rows:
+        assert M[concepts.index(r["concept"]), layers.index(r["layer"])] == r["set_iou"]
+    assert len(list((out / "figures").glob("*net2vec*"))) == 1
+    # repsim report OUT re-renders the same page without computing or loading anything
+    before = {p.name: p.read_bytes() for p in (out / "figures").glob("*.png")}
+    html = path.read_text()
+    path.unlink()
+
+    def boom(*a, **k):
+        raise AssertionError("re-rendering must not compute or load anything")
+    from repsim_jax import cli
+    from repsim_jax.sweep import adapters, inputs
+    for mod, name in ((adapters, "run_unit"), (inputs, "load_model"), (inputs, "load_data"),
+                      (inputs, "load_activations")):
+        monkeypatch.setattr(mod, name, boom)
+    assert cli.main(["report", str(out)]) == 0
+    assert f"report: {path}" in capsys.readouterr().out
+    assert {p.name: p.read_bytes() for p in (out / "figures").glob("*.png")} == before
+    assert path.read_text() == html
+
+
+def test_run_sweep_progress_false_reaches_first_use_training(tmp_path, monkeypatch):
+    from repsim_jax.models import zoo
+    from repsim_jax.sweep import config as C
+    from repsim_jax.sweep.run import run_sweep
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake(name, *, retrain=False, progress=None):
+        seen.append((name, progress))
+        raise Stop
+    monkeypatch.setattr(zoo, "load_trained", fake)
+    for progress in (False, None):
+        cfg = C.from_dict({"methods": ["semantic"], "models": [{"name": "small_vgg"}],
+                           "data": {"source": "repsim_shapes", "n_images": 8},
+                           "output": str(tmp_path / f"o{progress}")})
+        with pytest.raises(Stop):
+            run_sweep(cfg, progress=progress, echo=None)
+    assert seen == [("small_vgg", False), ("small_vgg", None)]
