@@ -308,3 +308,41 @@ def test_run_sweep_progress_false_reaches_first_use_training(tmp_path, monkeypat
         with pytest.raises(Stop):
             run_sweep(cfg, progress=progress, echo=None)
     assert seen == [("small_vgg", False), ("small_vgg", None)]
+
+
+def test_planted_sections_in_headless_chromium(planted):
+    """The concepts / ClaDec / summaries / [similarity] page in a browser: no script error,
+    every image decodes (skipped with the reason where chromium or playwright is missing)."""
+    import os
+    import shutil
+    import tempfile
+    chromium = "/usr/bin/chromium"
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("playwright is not installed (the [test] extra): page not opened")
+    if not os.path.exists(chromium):
+        pytest.skip(f"{chromium} is missing (Debian package chromium): page not opened")
+    out, path, _ = planted
+    profile, errors = tempfile.mkdtemp(prefix="repsim-chromium-"), []
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch_persistent_context(
+                profile, executable_path=chromium, headless=True,
+                args=["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                      "--disable-background-networking", "--disable-component-update"])
+            page = browser.new_page()
+            page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
+            page.on("console", lambda m: errors.append(f"console: {m.text}")
+                    if m.type == "error" else None)
+            page.route("http*://**", lambda route: (errors.append(route.request.url),
+                                                     route.abort()))
+            page.goto(path.as_uri())
+            page.wait_for_load_state("load")
+            widths = page.eval_on_selector_all(
+                "img", "els => els.map(e => e.complete ? e.naturalWidth : 0)")
+            browser.close()
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+    assert len(widths) == len(list((out / "figures").glob("*.png"))) and min(widths) > 0
+    assert not errors, errors
