@@ -474,8 +474,8 @@ def _invert_section(units, fdr_units, figs: _Figures) -> str:
                     f" (red) and where it does not (grey)."))
             block.append("</div>")
             layer_blocks.append("".join(block))
-    head = (caveat + f"<h3>Per-layer summary</h3><p>A neuron is <i>labelled</i> when its best formula "
-            f"reaches AUC &ge; {AUC_LABELLED}; significant: q &lt; {threshold:g} ({q_source})"
+    head = (caveat + f"<h3>Per-layer summary</h3><p>A neuron is <i>labelled</i> when its "
+            f"best formula reaches AUC &ge; {AUC_LABELLED}; significant: q &lt; {threshold:g} ({q_source})"
             f"; concepts counted over the labelled neurons' formulas (all neurons' where none"
             f" is labelled). {len(summary)} rows.</p>" + _html_table(summary, None))
     return head + "".join(layer_blocks)
