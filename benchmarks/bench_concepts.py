@@ -49,7 +49,7 @@ def bench_nmf(M, C, k, max_iter):
     jax.block_until_ready(nmf(X, k, max_iter=max_iter))
     first = time.perf_counter() - t0
     t_jax, (W, H) = _timeit(lambda: nmf(X, k, max_iter=max_iter))
-    _, _, n_iter = nmf(X, k, max_iter=max_iter, return_n_iter=True)
+    n_iter = nmf(X, k, max_iter=max_iter).n_iter
     sk = NMF(k, init="nndsvda", solver="cd", max_iter=max_iter, tol=1e-4)
     t_sk, _ = _timeit(lambda: sk.fit_transform(X), repeat=2)
     err_jax = reconstruction_error(X, W, H)

@@ -4,9 +4,11 @@ repsim_jax.similarity.compare_layers (every layer prepared once, pairs vmapped, 
 per shape group) against, in the same run,
 
 * a per-pair numpy loop (float32 numpy implementations of the same definitions, each pair
-  computed from the two raw representations, as one-pair-at-a-time libraries do); for the
-  expensive settings the loop is timed on ``--loop-pairs`` pairs and extrapolated to all
-  pairs (printed as such);
+  computed from the two raw representations, as one-pair-at-a-time libraries do). The loop
+  runs over the pairs in a fixed random order (so every width mix is sampled) until it has
+  done all pairs or spent ``--loop-budget`` seconds (at least 2 pairs); when it stops early
+  its time is extrapolated to all pairs and the row says so (``numpy_extrapolated``,
+  ``numpy_pairs_timed``);
 * rsatoolbox (RDMs of all layers, then ``rsatoolbox.rdm.compare`` of all RDM pairs at once:
   its fastest use) for RSA.
 
@@ -16,10 +18,11 @@ linear kernel.
 
 Synthetic activations: layer l of model A is a random mixing of a shared latent plus noise,
 model B the same with other mixings (related but not equal layers); widths 64/128/256/512
-(5 layers each, so 4 shape groups per model). Input-by-input measures (RSA, kNN, CKNNA,
-RBF CKA) need N x N matrices per layer and run at N = 2,000 only.
+(5 layers each, so 4 shape groups per model). Every measure runs at every size; the
+input-by-input ones (RSA, RBF CKA, kNN, CKNNA) hold N x N statistics per layer, chunked by
+compare_layers to ``--fast-budget-gib`` (its FAST_BUDGET, 2 GiB by default).
 
-    python benchmarks/bench_similarity.py            # N = 2000 and 10000
+    python benchmarks/bench_similarity.py            # N = 2000 and 10000, 20 layers each
     python benchmarks/bench_similarity.py --quick    # N = 500, 8 layers per model
 Writes benchmarks/results/bench_similarity.json.
 """
@@ -35,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 FEATURE = ["cka", "cka_debiased", "procrustes", "cca", "svcca", "pwcca"]
-INPUTWISE = ["rbf_cka_debiased", "rsa", "mutual_knn", "cknna"]
+INPUTWISE = ["rbf_cka", "rbf_cka_debiased", "rsa", "mutual_knn", "cknna"]
 
 
 def make_acts(n, n_layers, seed):
@@ -74,12 +77,24 @@ def np_cka(X, Y, debiased=False):
     return h(X, Y) / np.sqrt(h(X, X) * h(Y, Y))
 
 
+def _rbf(A):
+    A = _c(A)
+    s = (A * A).sum(1)
+    d2 = np.maximum(s[:, None] + s[None] - 2 * A @ A.T, 0)
+    return np.exp(-d2 / (2 * np.median(d2)))
+
+
+def np_rbf_cka(X, Y):
+    def gram(A):
+        K = _rbf(A)
+        return K - K.mean(0) - K.mean(1)[:, None] + K.mean()
+    K, L = gram(X), gram(Y)
+    return np.sum(K * L) / np.sqrt(np.sum(K * K) * np.sum(L * L))
+
+
 def np_rbf_cka_debiased(X, Y):
     def gram(A):
-        A = _c(A)
-        s = (A * A).sum(1)
-        d2 = np.maximum(s[:, None] + s[None] - 2 * A @ A.T, 0)
-        K = np.exp(-d2 / (2 * np.median(d2)))
+        K = _rbf(A)
         np.fill_diagonal(K, 0)
         n = len(K)
         r = K.sum(1)
@@ -167,18 +182,25 @@ def np_cknna(X, Y, k=10):
 
 
 NUMPY = {"cka": np_cka, "cka_debiased": lambda x, y: np_cka(x, y, True),
-         "rbf_cka_debiased": np_rbf_cka_debiased, "procrustes": np_procrustes,
+         "rbf_cka": np_rbf_cka, "rbf_cka_debiased": np_rbf_cka_debiased, "procrustes": np_procrustes,
          "cca": np_cca, "svcca": np_svcca, "pwcca": np_pwcca, "rsa": np_rsa,
          "mutual_knn": np_mutual_knn, "cknna": np_cknna}
 
 
-def numpy_loop(measure, A, B, max_pairs):
+def numpy_loop(measure, A, B, budget_s, max_pairs=None):
+    """(seconds for all pairs, extrapolated?, pairs timed, {pair: value}): pairs in a fixed
+    random order until all are done or ``budget_s`` is spent (at least 2)."""
     pairs = [(a, b) for a in A for b in B]
-    sel = pairs[:max_pairs]
+    order = np.random.default_rng(0).permutation(len(pairs))[:max_pairs or len(pairs)]
+    vals = {}
     t = time.perf_counter()
-    vals = {(a, b): float(NUMPY[measure](A[a], B[b])) for a, b in sel}
+    for i in order:
+        a, b = pairs[i]
+        vals[(a, b)] = float(NUMPY[measure](A[a], B[b]))
+        if len(vals) >= 2 and time.perf_counter() - t > budget_s:
+            break
     dt = time.perf_counter() - t
-    return dt * len(pairs) / len(sel), len(sel) < len(pairs), vals
+    return dt * len(pairs) / len(vals), len(vals) < len(pairs), len(vals), vals
 
 
 # ---------------------------------------------------------------------- rsatoolbox
@@ -230,8 +252,14 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--sizes", default=None, help="comma-separated N (default 2000,10000)")
     ap.add_argument("--layers", type=int, default=None)
-    ap.add_argument("--loop-pairs", type=int, default=24,
-                    help="numpy loop: time this many pairs, extrapolate to all")
+    ap.add_argument("--loop-budget", type=float, default=None,
+                    help="numpy loop: seconds per measure and size before it extrapolates "
+                         "(default 120, --quick 10)")
+    ap.add_argument("--loop-pairs", type=int, default=None,
+                    help="numpy loop: at most this many pairs (default all)")
+    ap.add_argument("--fast-budget-gib", type=float, default=None,
+                    help="compare_layers' memory budget for prepared statistics "
+                         "(similarity.compare.FAST_BUDGET; default the library's 2 GiB)")
     ap.add_argument("--measures", default=None, help="comma-separated subset of measures")
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--out", default="benchmarks/results/bench_similarity.json")
@@ -239,25 +267,37 @@ def main():
     sizes = [int(s) for s in (args.sizes or ("500" if args.quick else "2000,10000"))
              .split(",")]
     n_layers = args.layers or (8 if args.quick else 20)
+    budget = args.loop_budget if args.loop_budget is not None else (10 if args.quick else 120)
+    import importlib
+    C = importlib.import_module("repsim_jax.similarity.compare")
+    if args.fast_budget_gib is not None:
+        C.FAST_BUDGET = int(args.fast_budget_gib * (1 << 30))
     res = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                       "load_average": os.getloadavg()}, "rows": [], "memory": []}
+                       "load_average": os.getloadavg()},
+           "settings": {"sizes": sizes, "layers": n_layers, "loop_budget_s": budget,
+                        "loop_pairs": args.loop_pairs, "fast_budget_bytes": C.FAST_BUDGET},
+           "rows": [], "memory": []}
     print(f"load average at start: {os.getloadavg()}")
     for n in sizes:
         A, B = make_acts(n, n_layers, seed=n)
-        measures = FEATURE + (INPUTWISE if n <= 2000 else [])
+        measures = FEATURE + INPUTWISE
         if args.measures:
             measures = [m for m in measures if m in args.measures.split(",")]
         for m in measures:
             first, steady, tab = jax_all_pairs(m, A, B)
-            loop_s, extrap, vals = numpy_loop(m, A, B, args.loop_pairs)
+            loop_s, extrap, timed, vals = numpy_loop(m, A, B, budget, args.loop_pairs)
             got = {(r["layer"], r["other_layer"]): r["value"] for r in tab.records()}
             err = max(abs(got[k] - v) for k, v in vals.items())
             row = {"N": n, "layers": n_layers, "pairs": n_layers ** 2, "measure": m,
                    "jax_first_s": round(first, 3), "jax_s": round(steady, 3),
                    "numpy_loop_s": round(loop_s, 3), "numpy_extrapolated": extrap,
+                   "numpy_pairs_timed": timed,
                    "ratio_vs_numpy": round(loop_s / steady, 1),
                    "max_abs_diff_vs_numpy": float(err)}
-            if m == "rsa":
+            if extrap:
+                row["note"] = (f"numpy loop timed on {timed} of {n_layers ** 2} pairs "
+                               f"(random order), extrapolated to all")
+            if m == "rsa" and n <= 2000:    # rsatoolbox keeps float64 RDMs: 16 GB at 10k
                 rt, rv = rsatoolbox_all_pairs(A, B)
                 row["rsatoolbox_s"] = round(rt, 3)
                 row["ratio_vs_rsatoolbox"] = round(rt / steady, 1)

@@ -94,9 +94,11 @@ class LayerComparison:
         return float(self.matrix[self.layers_a.index(layer_a), self.layers_b.index(layer_b)])
 
     def best_matches(self):
-        """``(index (La,), relative_depth_b (La,), spearman)`` of the most similar B layer
-        for every A layer (see :func:`~repsim_jax.concepts.best_layer_matches`)."""
-        return best_layer_matches(self.matrix)
+        """:class:`~repsim_jax.concepts.LayerMatches` of the most similar B layer for every
+        A layer, with the layer names (unpacks as ``(index, relative_depth_b, spearman)``;
+        see :func:`~repsim_jax.concepts.best_layer_matches`)."""
+        return best_layer_matches(self.matrix, layers_a=self.layers_a,
+                                  layers_b=self.layers_b)
 
     def plot(self, path=None, *, label_a="model A", label_b="model B"):
         """Heatmap of :attr:`matrix` (matplotlib figure)."""

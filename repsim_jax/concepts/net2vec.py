@@ -51,7 +51,7 @@ from repsim_jax._checks import InputError, as_float_array, unknown_name
 
 __all__ = ["LOSSES", "Net2VecConfig", "Net2VecResult", "concept_alpha", "net2vec_loss",
            "train_net2vec", "evaluate_net2vec", "net2vec", "net2vec_kfold",
-           "concept_probability_maps"]
+           "Net2VecKFold", "concept_probability_maps"]
 
 LOSSES = ("balanced_linear", "balanced_bce", "tversky")
 
@@ -378,11 +378,43 @@ def net2vec(acts_train, masks_train, acts_test, masks_test,
     return evaluate_net2vec(result, acts_test, masks_test, threshold=config.threshold)
 
 
+@result(meta=("layers", "concept_names"))
+class Net2VecKFold:
+    """What :func:`net2vec_kfold` returns.
+
+    Attributes:
+      iou_mean, iou_std: (L, K) mean / standard deviation over the folds of the held-out
+        set IoU (rows ``layers``, columns ``concept_names``).
+      folds: one :class:`Net2VecResult` per fold (trained on the others, ``iou`` on it).
+      layers, concept_names: the names of the rows / columns.
+
+    Unpacking ``iou_mean, iou_std, results = net2vec_kfold(...)`` (the 3-tuple this
+    function returned before) still works through ``__iter__``; deprecated.
+    """
+    iou_mean: np.ndarray
+    iou_std: np.ndarray
+    folds: list
+    layers: tuple = ()
+    concept_names: tuple = ()
+
+    def __iter__(self):          # the old 3-tuple; deprecated
+        return iter((self.iou_mean, self.iou_std, self.folds))
+
+    def iou(self, layer: str, concept: str) -> float:
+        """Mean held-out IoU of one named (layer, concept)."""
+        for name, names in ((layer, self.layers), (concept, self.concept_names)):
+            if name not in names:
+                raise unknown_name("name", name, list(names))
+        return float(self.iou_mean[self.layers.index(layer),
+                                   self.concept_names.index(concept)])
+
+
 def net2vec_kfold(acts, masks, concept_names: Sequence[str] | None = None, *, folds: int = 5,
-                  config: Net2VecConfig = Net2VecConfig()):
+                  config: Net2VecConfig = Net2VecConfig()) -> Net2VecKFold:
     """k-fold cross-validated set IoU: trains on k-1 folds, evaluates on the held-out one.
 
-    Returns ``(iou_mean (L, K), iou_std (L, K), results)`` over the folds.
+    Returns a :class:`Net2VecKFold` (``iou_mean (L, K)``, ``iou_std (L, K)``, ``folds``);
+    it still unpacks as the old ``(iou_mean, iou_std, results)``.
     """
     acts = _check_acts(acts)
     N = next(iter(acts.values())).shape[0]
@@ -399,7 +431,8 @@ def net2vec_kfold(acts, masks, concept_names: Sequence[str] | None = None, *, fo
         te = {n: jnp.take(jnp.asarray(a), test, axis=0) for n, a in acts.items()}
         results.append(net2vec(tr, masks[train], te, masks[test], concept_names, config))
     ious = np.stack([r.iou for r in results])
-    return ious.mean(0), ious.std(0), results
+    return Net2VecKFold(ious.mean(0), ious.std(0), results, tuple(results[0].layers),
+                        tuple(results[0].concept_names))
 
 
 def concept_probability_maps(result: Net2VecResult, acts, size: Sequence[int] | None = None,

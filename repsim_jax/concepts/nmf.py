@@ -49,6 +49,7 @@ import dataclasses
 
 from repsim_jax._results import result
 import functools
+import warnings
 from typing import Callable
 
 import jax
@@ -57,7 +58,7 @@ import numpy as np
 
 from repsim_jax._checks import InputError, as_float_array
 
-__all__ = ["nmf", "nmf_transform", "nndsvd", "reconstruction_error", "ICEConcepts",
+__all__ = ["NMFResult", "nmf", "nmf_transform", "nndsvd", "reconstruction_error", "ICEConcepts",
            "ice_fit", "ice_transform", "ice_reconstruct", "fidelity"]
 
 _INITS = ("nndsvd", "nndsvda")
@@ -195,8 +196,38 @@ def _nmf_mu(X, W, H, max_iter: int, tol: float):
     return W, H, it
 
 
+@result(meta=("n_iter", "max_iter", "solver"))
+class NMFResult:
+    """What :func:`nmf` returns: ``X ~= W @ H``.
+
+    Attributes:
+      W: (M, k) non-negative codes (scikit-learn's ``fit_transform``).
+      H: (k, C) non-negative components (scikit-learn's ``components_``).
+      n_iter: iterations run; max_iter: the cap (``n_iter < max_iter``: the tolerance was
+        reached); solver: ``"cd"`` or ``"mu"``.
+
+    Unpacking ``W, H = nmf(...)`` (the 2-tuple this function returned before; 3-tuple
+    ``W, H, n_iter`` with the deprecated ``return_n_iter=True``) still works through
+    ``__iter__`` for one release.
+    """
+    W: jax.Array
+    H: jax.Array
+    n_iter: int
+    max_iter: int = 0
+    solver: str = "cd"
+
+    @property
+    def converged(self) -> bool:
+        """True when the stopping tolerance was reached before ``max_iter``."""
+        return self.n_iter < self.max_iter
+
+    def __iter__(self):          # the old tuple; deprecated
+        legacy = self.__dict__.get("_legacy_n_iter", False)
+        return iter((self.W, self.H, self.n_iter) if legacy else (self.W, self.H))
+
+
 def nmf(X, k: int, *, max_iter: int = 200, init: str = "nndsvda", tol: float = 1e-4,
-        solver: str = "cd", return_n_iter: bool = False):
+        solver: str = "cd", return_n_iter: bool = False) -> NMFResult:
     """Non-negative matrix factorisation ``X ~= W @ H`` (jit-compiled; see module docstring).
 
     Args:
@@ -207,10 +238,12 @@ def nmf(X, k: int, *, max_iter: int = 200, init: str = "nndsvda", tol: float = 1
       tol: stopping tolerance (scikit-learn's projected-gradient rule for ``"cd"``; relative
         decrease of the loss for ``"mu"``).
       solver: ``"cd"`` (HALS coordinate descent, as scikit-learn) or ``"mu"``.
-      return_n_iter: also return the number of iterations run.
+      return_n_iter: deprecated (``n_iter`` is always a field); only makes the old
+        tuple unpacking yield ``(W, H, n_iter)``.
 
     Returns:
-      ``(W (M, k), H (k, C))`` float32 — scikit-learn's ``fit_transform`` / ``components_``.
+      :class:`NMFResult` with ``W (M, k)``, ``H (k, C)`` float32 — scikit-learn's
+      ``fit_transform`` / ``components_`` — and ``n_iter``.
 
     Raises:
       InputError: negative / non-finite values, k larger than C or M, unknown init/solver.
@@ -228,7 +261,12 @@ def nmf(X, k: int, *, max_iter: int = 200, init: str = "nndsvda", tol: float = 1
         W, H, n_iter = _nmf_cd(X, W, H, int(max_iter), float(tol))
     else:
         W, H, n_iter = _nmf_mu(X, W, H, int(max_iter), float(tol))
-    return (W, H, int(n_iter)) if return_n_iter else (W, H)
+    res = NMFResult(W, H, int(n_iter), int(max_iter), solver)
+    if return_n_iter:
+        warnings.warn("nmf(return_n_iter=True) is deprecated: nmf returns an NMFResult whose "
+                      "n_iter field is always set", DeprecationWarning, stacklevel=2)
+        object.__setattr__(res, "_legacy_n_iter", True)    # not a field: unpacking only
+    return res
 
 
 def nmf_transform(X, H, *, max_iter: int = 200, tol: float = 1e-4):
@@ -301,7 +339,8 @@ def ice_fit(acts, k: int = 10, *, layer: str | None = None, **nmf_kwargs) -> ICE
     X = _check_nonnegative_matrix(jnp.reshape(jnp.asarray(acts), (N * h * w, C)),
                                   f"activations of layer {layer!r}" if layer else "activations")
     _check_rank(k, N * h * w, C, what=f"layer {layer!r}" if layer else "the activations")
-    S, V, n_iter = nmf(X, k, return_n_iter=True, **nmf_kwargs)
+    fit = nmf(X, k, **nmf_kwargs)
+    S, V, n_iter = fit.W, fit.H, fit.n_iter
     err = reconstruction_error(X, S, V)
     rel = err / max(float(jnp.linalg.norm(X)), 1e-30)
     return ICEConcepts(V, S.reshape(N, h, w, k), err, rel, n_iter, layer)

@@ -32,7 +32,8 @@ from repsim_jax._checks import InputError, as_float_array, check_same_length
 from repsim_jax.concepts.nmf import ICEConcepts, ice_fit
 from repsim_jax.concepts.similarity import resize_maps
 
-__all__ = ["RSVCResult", "ridge_concept_prediction", "rsvc_similarity", "rsvc_compare"]
+__all__ = ["RSVCResult", "RSVCComparison", "ridge_concept_prediction", "rsvc_similarity",
+           "rsvc_compare"]
 
 
 @result
@@ -123,9 +124,37 @@ def rsvc_similarity(acts_a, acts_b, k: int = 10, *, ridge: float = 1e-3,
     return RSVCResult(sim, self_sim, sim >= shared_threshold, concepts)
 
 
-def rsvc_compare(acts_a, acts_b, k: int = 10, **kwargs):
-    """Both directions: ``(a_in_b, b_in_a)`` :class:`RSVCResult` — A's concepts as seen by B
-    and B's concepts as seen by A. ``a_in_b.unique`` are concepts unique to A,
-    ``b_in_a.unique`` those unique to B."""
-    return rsvc_similarity(acts_a, acts_b, k, **kwargs), rsvc_similarity(acts_b, acts_a, k,
-                                                                         **kwargs)
+@result
+class RSVCComparison:
+    """What :func:`rsvc_compare` returns: both directions of :func:`rsvc_similarity`.
+
+    Attributes:
+      a_in_b: :class:`RSVCResult` of A's concepts as seen by B.
+      b_in_a: :class:`RSVCResult` of B's concepts as seen by A.
+
+    Unpacking ``a_in_b, b_in_a = rsvc_compare(...)`` (the 2-tuple this function returned
+    before) still works through ``__iter__``; deprecated.
+    """
+    a_in_b: RSVCResult
+    b_in_a: RSVCResult
+
+    def __iter__(self):          # the old 2-tuple; deprecated
+        return iter((self.a_in_b, self.b_in_a))
+
+    @property
+    def unique_to_a(self) -> np.ndarray:
+        """(k,) bool over A's concepts: not linearly encoded by B."""
+        return self.a_in_b.unique
+
+    @property
+    def unique_to_b(self) -> np.ndarray:
+        """(k,) bool over B's concepts: not linearly encoded by A."""
+        return self.b_in_a.unique
+
+
+def rsvc_compare(acts_a, acts_b, k: int = 10, **kwargs) -> RSVCComparison:
+    """Both directions: an :class:`RSVCComparison` with ``a_in_b`` (A's concepts as seen by
+    B) and ``b_in_a`` (B's concepts as seen by A); ``unique_to_a`` / ``unique_to_b`` are the
+    concepts unique to each model. Still unpacks as the old ``(a_in_b, b_in_a)``."""
+    return RSVCComparison(rsvc_similarity(acts_a, acts_b, k, **kwargs),
+                          rsvc_similarity(acts_b, acts_a, k, **kwargs))

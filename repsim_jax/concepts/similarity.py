@@ -42,11 +42,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from repsim_jax._checks import InputError, as_float_array, unknown_name
+from repsim_jax._results import result
 
 __all__ = ["METRICS", "pairwise_similarity", "resize_maps", "stack_layers",
            "quantile_thresholds", "shared_concept_similarity", "layer_scores",
            "best_match_score", "hungarian_score", "relative_depth", "best_layer_matches",
-           "plot_layer_similarity", "plot_relative_depth"]
+           "LayerMatches", "plot_layer_similarity", "plot_relative_depth"]
 
 METRICS = ("set_iou", "soft_iou", "cosine", "pearson")
 _CHUNK_BYTES = 64 * 2 ** 20
@@ -304,17 +305,61 @@ def relative_depth(n_layers: int) -> np.ndarray:
     return (np.arange(n_layers) + 1.0) / n_layers
 
 
-def best_layer_matches(M):
+@result(meta=("layers_a", "layers_b"))
+class LayerMatches:
+    """What :func:`best_layer_matches` returns.
+
+    Attributes:
+      index: (La,) for each layer of A the index of its most similar layer of B.
+      relative_depth_b: (La,) relative depth ``(j + 1) / Lb`` of each match.
+      spearman: Spearman correlation of A's relative depths with the matches' (nan when
+        either is constant).
+      relative_depth_a: (La,) relative depth ``(i + 1) / La`` of A's layers.
+      layers_a, layers_b: layer names, when given (else None).
+
+    Unpacking ``index, relative_depth_b, spearman = best_layer_matches(M)`` (the 3-tuple
+    this function returned before) still works through ``__iter__``; deprecated.
+    """
+    index: np.ndarray
+    relative_depth_b: np.ndarray
+    spearman: float
+    relative_depth_a: np.ndarray
+    layers_a: tuple | None = None
+    layers_b: tuple | None = None
+
+    def __iter__(self):          # the old 3-tuple; deprecated
+        return iter((self.index, self.relative_depth_b, self.spearman))
+
+    @property
+    def matches(self) -> dict:
+        """{layer of A: best-matching layer of B} (needs the layer names)."""
+        if self.layers_a is None or self.layers_b is None:
+            raise InputError("matches: no layer names; pass layers_a= and layers_b= to "
+                             "best_layer_matches")
+        return {a: self.layers_b[int(j)] for a, j in zip(self.layers_a, self.index)}
+
+
+def best_layer_matches(M, *, layers_a: Sequence[str] | None = None,
+                       layers_b: Sequence[str] | None = None) -> LayerMatches:
     """For each layer of A (rows of the (La, Lb) matrix ``M``), the most similar layer of
-    B. Returns ``(index (La,), relative_depth_b (La,), spearman)``: the relative depth of
-    each match and the Spearman correlation between A's and the matches' relative depths
-    (nan when either is constant)."""
+    B. Returns a :class:`LayerMatches`: ``index (La,)``, ``relative_depth_b (La,)`` of each
+    match and the ``spearman`` correlation between A's and the matches' relative depths
+    (nan when either is constant); optional layer names give ``.matches``. Still unpacks as
+    the old ``(index, relative_depth_b, spearman)``."""
     from scipy.stats import spearmanr
     M = np.asarray(M)
+    if M.ndim != 2 or 0 in M.shape:
+        raise InputError(f"M: expected a non-empty (La, Lb) matrix, got shape {M.shape}")
+    for name, names, n in (("layers_a", layers_a, M.shape[0]), ("layers_b", layers_b,
+                                                                M.shape[1])):
+        if names is not None and len(names) != n:
+            raise InputError(f"{name}: {len(names)} names for {n} layers of M {M.shape}")
     idx = np.argmax(M, axis=1)
     rd_a, rd_b = relative_depth(M.shape[0]), relative_depth(M.shape[1])[idx]
     rho = np.nan if np.ptp(rd_b) == 0 or len(rd_a) < 2 else float(spearmanr(rd_a, rd_b)[0])
-    return idx, rd_b, rho
+    return LayerMatches(idx, rd_b, rho, rd_a,
+                        None if layers_a is None else tuple(layers_a),
+                        None if layers_b is None else tuple(layers_b))
 
 
 # ----------------------------------------------------------------------------- plots
@@ -349,7 +394,8 @@ def plot_relative_depth(M, *, label_a: str = "model A", label_b: str = "model B"
     M = np.asarray(M)
     ra, rb = relative_depth(M.shape[0]), relative_depth(M.shape[1])
     gx, gy = np.meshgrid(ra, rb, indexing="ij")
-    idx, rd_best, rho = best_layer_matches(M)
+    bm = best_layer_matches(M)
+    rd_best, rho = bm.relative_depth_b, bm.spearman
     fig, ax = plt.subplots(figsize=(4.6, 4))
     sc = ax.scatter(gx.ravel(), gy.ravel(), c=M.ravel(), s=40, cmap="viridis")
     ax.plot(ra, rd_best, "o-", color="crimson", mfc="none", ms=10, label="best match")

@@ -36,7 +36,9 @@ Rules shared by all of them:
 * streaming: with ``stream=None`` a decoded source (folder, tfds, hf) stays a lazy
   :class:`~repsim_jax.data.dataset.LazyArray` when its decoded images would take more than
   ``max_memory`` bytes (default 1 GiB), else it is decoded now (in ``workers`` threads);
-  ``stream=True`` / ``False`` force either.
+  ``stream=True`` / ``False`` force either. Concept masks are decided by their own size
+  as well: they stay lazy when the images do, or when images and masks together would take
+  more than ``max_memory`` (images may then be in memory while the masks stream).
 """
 from __future__ import annotations
 
@@ -488,7 +490,13 @@ def _folder(root, n_images, seed, balanced, concepts, masks, skip_bad_images, pr
     lazy = _keep_lazy(view, stream, max_memory)
     images = view if lazy else np.asarray(view)
     if masks is not None:
-        concept_masks = mview if lazy else np.asarray(mview)
+        # the masks' own size decides too (Broden-style: ~1000 concepts x H x W bool per
+        # image outweighs the image itself): eager only when images and masks together fit
+        in_memory = 0 if lazy else view.nbytes
+        mask_lazy = lazy if stream is not None else \
+            lazy or in_memory + mview.nbytes > max_memory
+        concept_masks = mview if mask_lazy else np.asarray(mview)
+        info["masks_lazy"] = bool(mask_lazy)
     return Dataset(images, labels, concept_labels, concept_masks,
                    f"folder:{idx_.root}", idx_.class_names, tuple(concept_names),
                    tuple(files), info)
@@ -514,7 +522,8 @@ def load(source: str, *, split: str = "test", n_images: int | None = None, seed:
       preprocess: a :class:`~repsim_jax.models.preprocess.Preprocess` or a model: the
         resize/crop rule applied while decoding (normalisation stays in the model).
       stream: keep decoded sources lazy (True), decode now (False), or decide by
-        ``max_memory`` (None; default 1 GiB of decoded float32 images).
+        ``max_memory`` (None; default 1 GiB of decoded float32 images, masks counted with
+        them).
       data_dir: tfds data directory; workers: decoding threads (default: CPU count);
       echo: where the one-line reports go (None: silent).
     """

@@ -137,6 +137,25 @@ def _cknna_fast(o):
         lambda n, d, o, plan: 8 * n * int(o["k"]) + 4)
 
 
+# mutual kNN: per layer its neighbour lists, one N x N distance matrix at a time (lax.map;
+# the generic route vmaps a whole shape group); pairs as in _pair_knn, all at once.
+@functools.partial(jax.jit, static_argnames=("k", "normalize"))
+def _knn_stack(X, *, k, normalize):
+    return jax.lax.map(lambda x: _prepare_knn(x, {"k": k, "normalize": normalize}), X)
+
+
+@functools.partial(jax.jit, static_argnames=("k",))
+def _knn_grid(SA, SB, *, k):
+    return jax.lax.map(lambda pa: jax.vmap(lambda pb: _pair_knn(pa, pb, {"k": k}))(SB), SA)
+
+
+def _knn_fast(o):
+    return M.FastPath(
+        lambda X, o, plan: _knn_stack(X, k=int(o["k"]), normalize=bool(o["normalize"])),
+        lambda a, b, o, plan: _knn_grid(a, b, k=int(o["k"])),
+        lambda n, d, o, plan: 4 * n * int(o["k"]))
+
+
 def _check_k(o):
     k = o["k"]
     if not (isinstance(k, int) and not isinstance(k, bool) and k >= 1):
@@ -145,7 +164,8 @@ def _check_k(o):
 
 M.register(M.Measure("mutual_knn", _prepare_knn, _pair_knn,
                      lambda st, perm: {"idx": _permute_idx(st["idx"], perm)},
-                     {"k": 10, "normalize": False}, check=_check_k, min_n=2))
+                     {"k": 10, "normalize": False}, check=_check_k, min_n=2,
+                     fast=_knn_fast))
 M.register(M.Measure("cknna", _prepare_cknna, _pair_cknna,
                      lambda st, perm: {"K": M.permute_gram(st["K"], perm),
                                        "idx": _permute_idx(st["idx"], perm),

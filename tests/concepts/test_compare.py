@@ -21,6 +21,7 @@ def test_ice_layer_matrix_follows_planted_depth(tmp_path):
     assert set(ca) == set(acts_a) and set(cb) == set(acts_b)
     idx, rd, rho = comp.best_matches()
     np.testing.assert_array_equal(idx // 2, np.arange(4))      # the planted family
+    assert comp.best_matches().matches == {f"a{i}": f"b{j}" for i, j in enumerate(idx)}
     assert rho > 0.95
     # own family clearly above the others (independent maps, measured 0.38-0.48 vs <= 0.04;
     # B's maps are 2x2-pooled, which caps their correlation with A's sparse 8x8 maps)

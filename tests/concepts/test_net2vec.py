@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from repsim_jax._checks import InputError
-from repsim_jax.concepts import (LOSSES, Net2VecConfig, concept_alpha, concept_probability_maps,
+from repsim_jax._results import load_result
+from repsim_jax.concepts import (LOSSES, Net2VecConfig, Net2VecKFold, concept_alpha, concept_probability_maps,
                                  net2vec, net2vec_kfold, net2vec_loss, train_net2vec)
 
 
@@ -61,7 +62,7 @@ def test_recovers_planted_linear_concept(planted, loss):
     assert np.all(np.diff(res.loss_history[(8, 8, 12)])[-3:] < 0.05)
 
 
-def test_binarised_inputs_and_kfold(planted):
+def test_binarised_inputs_and_kfold(planted, tmp_path):
     acts, masks, _ = planted
     cfg = Net2VecConfig(epochs=3, binarize_quantile=0.995, progress=False)
     res = train_net2vec({"planted": acts["planted"]}, masks, ["a", "b"], cfg)
@@ -70,13 +71,25 @@ def test_binarised_inputs_and_kfold(planted):
         np.quantile(acts["planted"].reshape(-1, 12), 0.995, axis=0), rtol=1e-4)
     P = concept_probability_maps(res, {"planted": acts["planted"][:5]}, (16, 16))
     assert P.shape == (1, 5, 16, 16, 2) and 0 <= float(P.min()) and float(P.max()) <= 1
-    mean, std, folds = net2vec_kfold({"planted": acts["planted"][:120]}, masks[:120], ["a", "b"],
-                                     folds=3, config=Net2VecConfig(epochs=4, learning_rate=1.0,
-                                                                   progress=False))
+    kf = net2vec_kfold({"planted": acts["planted"][:120]}, masks[:120], ["a", "b"],
+                       folds=3, config=Net2VecConfig(epochs=4, learning_rate=1.0,
+                                                     progress=False))
+    assert isinstance(kf, Net2VecKFold)
+    mean, std, folds = kf                         # the old 3-tuple still unpacks
+    assert mean is kf.iou_mean and std is kf.iou_std and folds is kf.folds
     ious = np.stack([r.iou for r in folds])
     assert len(folds) == 3 and mean.shape == (1, 2)
-    np.testing.assert_allclose(mean, ious.mean(0))
-    np.testing.assert_allclose(std, ious.std(0))
+    np.testing.assert_allclose(kf.iou_mean, ious.mean(0))
+    np.testing.assert_allclose(kf.iou_std, ious.std(0))
+    assert kf.layers == ("planted",) and kf.concept_names == ("a", "b")
+    assert kf.iou("planted", "b") == pytest.approx(float(ious.mean(0)[0, 1]))
+    with pytest.raises(KeyError, match="did you mean|Did you mean"):
+        kf.iou("planted", "bb")
+    name, d = load_result(kf.save(tmp_path / "kfold"))
+    assert name == "Net2VecKFold" and d["concept_names"] == ["a", "b"]
+    np.testing.assert_allclose(d["iou_mean"], ious.mean(0))
+    assert len(d["folds"]) == 3
+    np.testing.assert_allclose(d["folds"][2]["iou"], folds[2].iou)
     # well above the IoU of predicting every pixel positive (the concept's pixel fraction);
     # measured 0.33 vs 0.11 and 0.84 vs 0.43 after 4 short epochs
     trivial = masks[:120].reshape(-1, 2).mean(0)

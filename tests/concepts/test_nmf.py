@@ -1,4 +1,5 @@
 """JAX NMF vs scikit-learn, NNLS transform vs scipy, ICE on planted factorisations."""
+import jax
 import numpy as np
 import pytest
 from scipy.optimize import nnls
@@ -6,7 +7,8 @@ from sklearn.decomposition import NMF
 from sklearn.decomposition._nmf import _initialize_nmf
 
 from repsim_jax._checks import InputError
-from repsim_jax.concepts import (fidelity, ice_fit, ice_reconstruct, ice_transform, nmf,
+from repsim_jax._results import load_result
+from repsim_jax.concepts import (NMFResult, fidelity, ice_fit, ice_reconstruct, ice_transform, nmf,
                                  nmf_transform, nndsvd, reconstruction_error)
 
 
@@ -22,7 +24,8 @@ def test_nmf_matches_sklearn_reconstruction_error(max_iter, init):
     X = _data()
     sk = NMF(8, init=init, solver="cd", max_iter=max_iter, tol=1e-4)
     W_sk = sk.fit_transform(X)
-    W, H, n_iter = nmf(X, 8, max_iter=max_iter, init=init, tol=1e-4, return_n_iter=True)
+    res = nmf(X, 8, max_iter=max_iter, init=init, tol=1e-4)
+    W, H, n_iter = res.W, res.H, res.n_iter
     assert W.shape == W_sk.shape and H.shape == sk.components_.shape
     assert float(W.min()) >= 0 and float(H.min()) >= 0
     err = reconstruction_error(X, W, H)
@@ -31,6 +34,28 @@ def test_nmf_matches_sklearn_reconstruction_error(max_iter, init):
     # (the rule compares a slowly decaying violation with tol, so a last-digit difference
     # moves the stop by a few steps: 71 vs 67 seen on a CI run; another rule differs ~2x)
     assert abs(n_iter - sk.n_iter_) <= max(3, 0.1 * sk.n_iter_)
+
+
+def test_nmf_result_type_and_old_tuples(tmp_path):
+    X = _data(M=300, C=12)
+    res = nmf(X, 4, max_iter=50)
+    assert isinstance(res, NMFResult) and res.max_iter == 50 and res.solver == "cd"
+    assert res.converged == (res.n_iter < 50) and 1 <= res.n_iter <= 50
+    W, H = res                                        # the old 2-tuple still unpacks
+    assert W is res.W and H is res.H and W.shape == (300, 4) and H.shape == (4, 12)
+    with pytest.warns(DeprecationWarning, match="return_n_iter"):
+        old = nmf(X, 4, max_iter=50, return_n_iter=True)
+    W3, H3, n3 = old                                  # and the old 3-tuple
+    np.testing.assert_array_equal(np.asarray(W3), np.asarray(W))
+    np.testing.assert_array_equal(np.asarray(H3), np.asarray(H))
+    assert n3 == res.n_iter
+    # a pytree (W, H leaves; n_iter static) that saves and loads back
+    leaves = jax.tree_util.tree_leaves(res)
+    assert len(leaves) == 2 and leaves[0] is res.W
+    name, d = load_result(res.save(tmp_path / "nmf"))
+    assert name == "NMFResult" and d["n_iter"] == res.n_iter and d["solver"] == "cd"
+    np.testing.assert_array_equal(d["W"], np.asarray(W))
+    np.testing.assert_array_equal(d["H"], np.asarray(H))
 
 
 def test_nndsvd_init_matches_sklearn():

@@ -3,10 +3,11 @@ import numpy as np
 import pytest
 
 from repsim_jax._checks import InputError
-from repsim_jax.concepts import rsvc_compare, rsvc_similarity
+from repsim_jax._results import load_result
+from repsim_jax.concepts import RSVCComparison, rsvc_compare, rsvc_similarity
 
 
-def test_rsvc_finds_shared_and_unique_concepts():
+def test_rsvc_finds_shared_and_unique_concepts(tmp_path):
     rng = np.random.default_rng(0)
     N, h, k = 80, 6, 4
     S = rng.gamma(0.4, size=(N, h, h, k)).astype(np.float32)       # planted concept maps
@@ -27,8 +28,22 @@ def test_rsvc_finds_shared_and_unique_concepts():
     np.testing.assert_array_equal(res.unique, ~in_b)
     # the other direction: B's concepts come from S[..., :2] or noise; all of those built
     # from S are found in A
-    a_in_b, b_in_a = rsvc_compare(A, B, 4, max_iter=300)
+    both = rsvc_compare(A, B, 4, max_iter=300)
+    assert isinstance(both, RSVCComparison)
+    a_in_b, b_in_a = both                          # the old 2-tuple still unpacks
+    assert a_in_b is both.a_in_b and b_in_a is both.b_in_a
     assert a_in_b.shared.sum() == 2 and b_in_a.similarity.shape == (4,)
+    np.testing.assert_array_equal(both.unique_to_a, ~a_in_b.shared)
+    np.testing.assert_array_equal(both.unique_to_b, ~b_in_a.shared)
+    # the same as the two directions run separately
+    np.testing.assert_allclose(both.b_in_a.similarity,
+                               rsvc_similarity(B, A, 4, max_iter=300).similarity, atol=1e-6)
+    name, d = load_result(both.save(tmp_path / "rsvc"))
+    assert name == "RSVCComparison"
+    np.testing.assert_allclose(d["a_in_b"]["similarity"], a_in_b.similarity)
+    np.testing.assert_array_equal(d["b_in_a"]["shared"], b_in_a.shared)
+    np.testing.assert_allclose(d["a_in_b"]["concepts"]["components"],
+                               np.asarray(a_in_b.concepts.components))
 
 
 def test_rsvc_bad_input():

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from repsim_jax._checks import InputError
-from repsim_jax.concepts import (best_layer_matches, best_match_score, hungarian_score,
+from repsim_jax._results import load_result
+from repsim_jax.concepts import (LayerMatches, best_layer_matches, best_match_score, hungarian_score,
                                  layer_scores, pairwise_similarity, plot_layer_similarity,
                                  plot_relative_depth, quantile_thresholds, resize_maps,
                                  shared_concept_similarity, stack_layers)
@@ -133,10 +134,28 @@ def test_shared_concepts_and_depth_view(tmp_path):
     # a planted monotone correspondence: A layer i best matches B layer 2i
     M = np.full((4, 8), 0.1)
     M[np.arange(4), 2 * np.arange(4) + 1] = 0.9
-    idx, rd, rho = best_layer_matches(M)
-    np.testing.assert_array_equal(idx, [1, 3, 5, 7])
-    np.testing.assert_allclose(rd, [0.25, 0.5, 0.75, 1.0])
-    assert rho == pytest.approx(1.0)
+    bm = best_layer_matches(M, layers_a=list("abcd"), layers_b=[f"b{i}" for i in range(8)])
+    assert isinstance(bm, LayerMatches)
+    np.testing.assert_array_equal(bm.index, [1, 3, 5, 7])
+    np.testing.assert_allclose(bm.relative_depth_b, [0.25, 0.5, 0.75, 1.0])
+    np.testing.assert_allclose(bm.relative_depth_a, [0.25, 0.5, 0.75, 1.0])
+    assert bm.spearman == pytest.approx(1.0)
+    assert bm.matches == {"a": "b1", "b": "b3", "c": "b5", "d": "b7"}
+    idx, rd, rho = best_layer_matches(M)          # the old 3-tuple still unpacks
+    np.testing.assert_array_equal(idx, bm.index)
+    np.testing.assert_array_equal(rd, bm.relative_depth_b)
+    assert rho == bm.spearman
+    with pytest.raises(InputError, match="no layer names"):
+        best_layer_matches(M).matches
+    with pytest.raises(InputError, match="layers_b: 3 names for 8 layers"):
+        best_layer_matches(M, layers_b=list("xyz"))
+    name, d = load_result(bm.save(tmp_path / "bm"))
+    assert name == "LayerMatches" and d["layers_b"][7] == "b7"
+    np.testing.assert_array_equal(d["index"], bm.index)
+    assert d["spearman"] == pytest.approx(1.0)
+    flat = np.full((3, 2), 0.5)                   # constant matches: spearman nan, saved
+    name, d = load_result(best_layer_matches(flat).save(tmp_path / "nan"))
+    assert np.isnan(float(d["spearman"]))
     fig = plot_layer_similarity(M, list("abcd"), [f"b{i}" for i in range(8)],
                                 path=tmp_path / "heat.png")
     assert fig.axes[0].images[0].get_array().shape == (4, 8)
