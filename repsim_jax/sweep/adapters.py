@@ -528,6 +528,7 @@ def adapt_concepts(unit, ctx) -> dict[str, Any]:
                      # forward position of each layer among the model's capturable layers:
                      # the report orders Net2Vec's concept x layer map by it
                      "layer_index": {l: names.index(l) for l in unit.layers if l in names},
+                     "concept_names": list(ctx.data.concept_names or []),
                      **n2v_meta,
                      "summary": f"ICE with k={opts['k']} on {len(unit.layers)} layer(s)"
                                 + (", Net2Vec" if "concepts_net2vec" in tables else "")}}

@@ -23,11 +23,16 @@ notebooks call too), each with a caption naming what is plotted, N and the measu
   named (``meta["measure"]`` of the unit or its figure spec, else the method option), and
   a line plot of each layer's best-match similarity against relative depth for every pair
   of models;
+  The ``[similarity]`` method (measures on the activations) gets the same maps and depth
+  plot for each of its measures (best match = minimum for a distance such as Procrustes);
 * INVERT: a per-layer summary (fraction of neurons labelled at AUC >= 0.9, significant
   neurons, most frequent concepts), every neuron in one searchable, sortable table per
   layer with significant rows (q below the threshold) marked, and for the top neurons the
-  activation distribution of inputs with and without the formula's concept;
-* concepts: ICE concept maps over example images, Net2Vec IoU as a concept x layer map;
+  activation distribution of inputs with and without the formula's concept. With
+  ``[invert] permutations = n`` significance is the selection-aware permutation q
+  (``perm_q_value``); without, the page says the nominal BH q is anti-conservative;
+* concepts: ICE concept maps over example images; Net2Vec IoU of all of a model's
+  concepts units as ONE concept x layer map per model (layers in forward order);
 * ClaDec: input / ClaDec / auto-encoder grid per layer and alpha next to its errors and
   retrain accuracies; visual summaries: masks and member strips per class;
 * every table, shown in part, with its row count and a link to the full CSV.
@@ -526,7 +531,8 @@ def net2vec_by_model(units) -> dict[str, tuple[np.ndarray, list[str], list[str],
     """Net2Vec set IoU of ALL concepts units of each model as one concept x layer matrix:
     ``{model: (iou (concepts, layers), concept names, layer names, N images)}``, layers in
     forward order (the units' ``meta["layer_index"]``; run order for older outputs),
-    concepts in first-seen order; NaN where a unit did not test a concept."""
+    concepts in the data set's order (``meta["concept_names"]``; first-seen order for older
+    outputs); NaN where a unit did not test a concept."""
     cells: dict[str, dict[tuple[str, str], float]] = {}
     order: dict[str, dict[str, tuple]] = {}
     concepts: dict[str, list[str]] = {}
@@ -545,8 +551,16 @@ def net2vec_by_model(units) -> dict[str, tuple[np.ndarray, list[str], list[str],
             if rows:
                 n = res["meta"].get("net2vec_images", res["meta"].get("n_inputs"))
                 n_img[m] = n_img.get(m) or n
+    data_order: dict[str, dict[str, int]] = {}
+    for _, res in units:
+        for r in res["tables"].get("concepts_net2vec", [])[:1]:
+            for i, c in enumerate(res["meta"].get("concept_names") or []):
+                data_order.setdefault(r["model"], {}).setdefault(c, i)
     out = {}
     for m, cell in cells.items():
+        rank = data_order.get(m, {})
+        concepts[m] = sorted(concepts[m], key=lambda c: (rank.get(c, np.inf),
+                                                         concepts[m].index(c)))
         layers = sorted(order[m], key=lambda l: order[m][l])
         M = np.full((len(concepts[m]), len(layers)), np.nan)
         for (c, l), v in cell.items():

@@ -21,7 +21,7 @@ HASH = "planted0"
 RNG = np.random.default_rng(0)
 
 
-def _concepts_unit(model, layers, index, concepts, iou, n_show=3, k=2, n=10):
+def _concepts_unit(model, layers, index, concepts, iou, n_show=3, k=2, n=10, order=None):
     """A concepts unit as adapt_concepts writes it: ICE tiles of the first images, the
     Net2Vec IoU of each (layer, concept) of the group, its table rows."""
     arrays = {"example_images": RNG.random((n_show, 12, 12, 3)).astype(np.float32),
@@ -37,7 +37,8 @@ def _concepts_unit(model, layers, index, concepts, iou, n_show=3, k=2, n=10):
     return {"arrays": arrays, "figures": [],
             "tables": {"concepts_ice": ice, "concepts_net2vec": n2v},
             "meta": {"n_inputs": n, "net2vec_images": 8, "layer_index": index,
-                     "summary": "planted"}}
+                     "summary": "planted",
+                     **({"concept_names": order} if order else {})}}
 
 
 CLADEC_ROW = {"model": "m1", "layer": "conv3", "alpha": 0.5, "steps": 7, "lr": 1e-3,
@@ -54,11 +55,13 @@ def _units() -> dict[str, dict]:
         # run order differs from depth order: the deeper group first, its layers listed
         # deepest first; concept "b" is not tested in that group
         "concepts__m1__g1": _concepts_unit("m1", ["fc", "conv3"], {"fc": 5, "conv3": 2},
-                                           ["a", "c"], [[0.1, 0.2], [0.3, 0.4]]),
+                                           ["a", "c"], [[0.1, 0.2], [0.3, 0.4]],
+                                           order=["a", "b", "c"]),
         "concepts__m1__g0": _concepts_unit("m1", ["conv1"], {"conv1": 0}, ["a", "b", "c"],
-                                           [[0.5, 0.6, 0.7]]),
-        "concepts__m2__g0": _concepts_unit("m2", ["l1"], {"l1": 0}, ["a", "b"],
-                                           [[0.9, 0.8]]),
+                                           [[0.5, 0.6, 0.7]], order=["a", "b", "c"]),
+        # an older output (no concept order stored): concepts in first-seen order
+        "concepts__m2__g0": _concepts_unit("m2", ["l1"], {"l1": 0}, ["b", "a"],
+                                           [[0.8, 0.9]]),
         "cladec__m1__conv3": {
             "arrays": {"grid": RNG.random((3 * n, 12, 12, 3)).astype(np.float32)},
             "tables": {"cladec": [CLADEC_ROW]}, "figures": [],
@@ -121,14 +124,14 @@ def test_net2vec_is_one_concept_by_layer_map_per_model(planted):
     assert list(maps) == ["m1", "m2"]
     M, concepts, layers, n = maps["m1"]
     assert layers == ["conv1", "conv3", "fc"]          # forward order, not run order
-    assert concepts == ["a", "c", "b"] and M.shape == (3, 3) and n == 8
+    assert concepts == ["a", "b", "c"] and M.shape == (3, 3) and n == 8   # data order
     nan = np.nan
     np.testing.assert_array_equal(M, [[0.5, 0.3, 0.1],    # a
-                                      [0.7, 0.4, 0.2],    # c
-                                      [0.6, nan, nan]])   # b: not tested in group g1
+                                      [0.6, nan, nan],    # b: not tested in group g1
+                                      [0.7, 0.4, 0.2]])   # c
     M2, c2, l2, _ = maps["m2"]
-    np.testing.assert_array_equal(M2, [[0.9], [0.8]])
-    assert c2 == ["a", "b"] and l2 == ["l1"]
+    np.testing.assert_array_equal(M2, [[0.8], [0.9]])
+    assert c2 == ["b", "a"] and l2 == ["l1"]
     html = path.read_text()
     figs = sorted(p.name for p in (out / "figures").glob("*net2vec*"))
     assert figs == ["concepts__net2vec__m1__00_net2vec.png",
@@ -267,6 +270,8 @@ def test_precomputed_sweep_net2vec_map_and_rerender(precomputed, monkeypatch, ca
     units = [(k, store.load(k)) for k in ("concepts__pre__fc", "concepts__pre__conv")]
     M, concepts, layers, _ = R.net2vec_by_model(units)["pre"]
     assert layers == ["conv", "fc"]            # the activations' order, not the units'
+    names = units[0][1]["meta"]["concept_names"]
+    assert concepts == [c for c in names if c in concepts]    # the data set's order
     for r in rows:
         assert M[concepts.index(r["concept"]), layers.index(r["layer"])] == r["set_iou"]
     assert len(list((out / "figures").glob("*net2vec*"))) == 1
