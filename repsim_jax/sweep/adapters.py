@@ -451,9 +451,13 @@ def adapt_invert_fdr(unit, ctx) -> dict[str, Any]:
                        kind="stable")
     out = [out[i] for i in order]
     n_sig = int(np.sum(np.asarray(q) < 0.05))
+    summary = (f"{n_sig} of {len(out)} neurons have nominal q < 0.05 (Benjamini-Hochberg "
+               f"over the whole sweep)")
+    if "perm_q_value" in arrays:
+        summary += (f"; {int(np.sum(arrays['perm_q_value'] < 0.05))} have permutation "
+                    f"q < 0.05 (selection-aware)")
     return {"arrays": arrays, "tables": {"invert_sweep_fdr": out}, "figures": [],
-            "meta": {"threshold": 0.05, "summary": f"{n_sig} of {len(out)} neurons have q < 0.05 "
-                                f"(Benjamini-Hochberg over the whole sweep)"}}
+            "meta": {"threshold": 0.05, "summary": summary}}
 
 
 # ---------------------------------------------------------------------------- concepts

@@ -712,8 +712,9 @@ def _render(store: Store, cfg: dict, keys: Sequence[str], run_info: dict[str, An
             body = _summaries_section(units, figs)
         else:
             body = _generic_section(units, figs)
+        listed = units + (by_method.get("invert_fdr", []) if m == "invert" else [])
         summaries = "".join(f"<li><code>{_e(k)}</code>: {_e(r['meta']['summary'])}</li>"
-                            for k, r in units if r["meta"].get("summary"))
+                            for k, r in listed if r["meta"].get("summary"))
         if summaries:
             body = f"<ul class=note>{summaries}</ul>" + body
         sections.append((m, body))

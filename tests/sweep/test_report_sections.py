@@ -253,6 +253,8 @@ def test_invert_permutation_q_is_stored_and_used(precomputed):
     sec = html[html.index("<h2 id='invert'>"):html.index("<h2 id='concepts'>")]
     assert "selection-aware permutation q" in sec and "3 permutations" in sec
     assert "anti-conservative" not in sec
+    n_sig = sum(r["perm_q_value"] < 0.05 for r in fdr)
+    assert f"; {n_sig} have permutation q &lt; 0.05 (selection-aware)" in sec
     tables = re.findall(r"<table id='invert-\d+' class='sortable'>(.*?)</table>", sec, re.S)
     assert len(tables) == 2
     assert all("<th data-type=num>perm_q_value</th>" in t for t in tables)
