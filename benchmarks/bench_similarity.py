@@ -216,11 +216,16 @@ def rsatoolbox_all_pairs(A, B):
 
 
 # --------------------------------------------------------------------- JAX side
-def jax_all_pairs(measure, A, B):
+def jax_all_pairs(measure, A, B, repeat_below_s=120.0):
+    """(first call s, steady s, table): the steady-state call is timed again only when the
+    first (compile included) took under ``repeat_below_s``; otherwise compile time is a
+    negligible share and the first call's time is reported for both."""
     from repsim_jax import similarity as S
     t = time.perf_counter()
     tab = S.compare_layers(A, B, [measure], progress=False)
     first = time.perf_counter() - t
+    if first >= repeat_below_s:
+        return first, first, tab
     t = time.perf_counter()
     tab = S.compare_layers(A, B, [measure], progress=False)
     return first, time.perf_counter() - t, tab
@@ -290,6 +295,7 @@ def main():
             err = max(abs(got[k] - v) for k, v in vals.items())
             row = {"N": n, "layers": n_layers, "pairs": n_layers ** 2, "measure": m,
                    "jax_first_s": round(first, 3), "jax_s": round(steady, 3),
+                   "jax_timed_once": first == steady,
                    "numpy_loop_s": round(loop_s, 3), "numpy_extrapolated": extrap,
                    "numpy_pairs_timed": timed,
                    "ratio_vs_numpy": round(loop_s / steady, 1),

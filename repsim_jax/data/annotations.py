@@ -20,7 +20,9 @@ orientation), same width and height as the image file:
 What was found is reported (:class:`AnnotationReport`): rows naming missing images,
 images without a row / without masks, concepts present in no image (dropped, with a
 warning: an empty concept can only give degenerate scores) and concepts present in every
-image (kept, with a warning: no method can tell them apart from the bias).
+image (kept, with a warning: no method can tell them apart from the bias). A mask file
+Pillow cannot decode is a :class:`BadMaskFile` (an InputError naming it); the loader
+checks every mask once, before anything runs (:func:`mask_presence`).
 """
 from __future__ import annotations
 
@@ -37,7 +39,8 @@ import numpy as np
 from repsim_jax._checks import InputError
 
 __all__ = ["AnnotationReport", "read_concept_table", "MaskIndex", "scan_masks",
-           "load_mask_item", "mask_presence", "finish_concepts"]
+           "load_mask_item", "mask_presence", "take_masks", "finish_concepts",
+           "BadMaskFile"]
 
 _TRUE = {"1", "true", "yes", "y", "t", "1.0"}
 _FALSE = {"0", "false", "no", "n", "f", "0.0", ""}
@@ -235,6 +238,25 @@ def _read_binary_png(path) -> np.ndarray:
     return (a.max(-1) if a.ndim == 3 else a) > 0
 
 
+def _decode(read, path) -> np.ndarray:
+    """``read(path)``; a file Pillow cannot decode (not an image, truncated) is an
+    InputError naming it."""
+    try:
+        return read(path)
+    except InputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any decoding failure makes the file bad
+        raise BadMaskFile(path, f"{type(e).__name__}: {e}") from None
+
+
+class BadMaskFile(InputError):
+    """A mask file that cannot be decoded (``path``, Pillow's ``reason``)."""
+
+    def __init__(self, path, reason: str):
+        super().__init__(f"masks: {str(path)!r} cannot be decoded ({reason})")
+        self.path, self.reason = str(path), reason
+
+
 def _raw_masks(mi: MaskIndex, i: int, hw, names) -> np.ndarray:
     """(H, W, C) bool of image i at its file size ``hw``, channels in ``names`` order."""
     out = np.zeros((*hw, len(names)), bool)
@@ -243,7 +265,7 @@ def _raw_masks(mi: MaskIndex, i: int, hw, names) -> np.ndarray:
         return out
     col = {c: j for j, c in enumerate(names)}
     if mi.layout == "index":
-        idx = _read_index_png(entry)
+        idx = _decode(_read_index_png, entry)
         if idx.shape != tuple(hw):
             raise InputError(f"masks: {entry!r} is {idx.shape[0]}x{idx.shape[1]} but its "
                              f"image is {hw[0]}x{hw[1]}")
@@ -254,7 +276,7 @@ def _raw_masks(mi: MaskIndex, i: int, hw, names) -> np.ndarray:
     for c, p in entry.items():
         if c not in col:
             continue
-        m = _read_binary_png(p)
+        m = _decode(_read_binary_png, p)
         if m.shape != tuple(hw):
             raise InputError(f"masks: {p!r} is {m.shape[0]}x{m.shape[1]} but its image is "
                              f"{hw[0]}x{hw[1]}")
@@ -280,18 +302,37 @@ def load_mask_item(i: int, mi: MaskIndex, sizes: tuple, names: tuple, pre) -> np
     return np.stack(planes, -1)
 
 
-def mask_presence(mi: MaskIndex, sizes, *, workers: int = 4) -> np.ndarray:
-    """(N, C) bool: which concepts each image's masks contain (decodes every mask once)."""
+def mask_presence(mi: MaskIndex, sizes, *, workers: int = 4, bad: list | None = None
+                  ) -> np.ndarray:
+    """(N, C) bool: which concepts each image's masks contain (decodes every mask once).
+
+    An undecodable mask file raises :class:`BadMaskFile`; with a list ``bad`` it is
+    appended there as ``(image index, mask file, reason)`` instead (that image's row
+    stays all False), so every bad file can be named at once."""
     names = mi.concept_names
 
     def one(i):
-        return _raw_masks(mi, i, sizes[i], names).reshape(-1, len(names)).any(0)
+        try:
+            return _raw_masks(mi, i, sizes[i], names).reshape(-1, len(names)).any(0)
+        except BadMaskFile as e:
+            if bad is None:
+                raise
+            return (i, e.path, e.reason)
     if workers > 1 and len(sizes) > 1:
         with cf.ThreadPoolExecutor(workers) as pool:
             rows = list(pool.map(one, range(len(sizes))))
     else:
         rows = [one(i) for i in range(len(sizes))]
+    failed = [r for r in rows if isinstance(r, tuple)]
+    if failed:
+        bad.extend(failed)
+        rows = [np.zeros(len(names), bool) if isinstance(r, tuple) else r for r in rows]
     return np.stack(rows) if rows else np.zeros((0, len(names)), bool)
+
+
+def take_masks(mi: MaskIndex, keep) -> MaskIndex:
+    """The mask index of the images ``keep`` (positions in ``mi.per_image``)."""
+    return dataclasses.replace(mi, per_image=tuple(mi.per_image[int(i)] for i in keep))
 
 
 def mask_loader(mi: MaskIndex, sizes, names, pre):

@@ -32,11 +32,15 @@ Rules shared by all of them:
 * bad files (folders): every image is decoded once before the data set is returned; a
   truncated or unreadable file raises an InputError naming it, or with
   ``skip_bad_images=True`` is left out with one warning listing them
-  (``info["skipped"]``);
+  (``info["skipped"]``); the same for mask files (``masks=``): an undecodable one stops
+  the run naming it, or with ``skip_bad_images=True`` its image is skipped (listed in the
+  same warning and in ``info["skipped"]``);
 * streaming: with ``stream=None`` a decoded source (folder, tfds, hf) stays a lazy
   :class:`~repsim_jax.data.dataset.LazyArray` when its decoded images would take more than
   ``max_memory`` bytes (default 1 GiB), else it is decoded now (in ``workers`` threads);
-  ``stream=True`` / ``False`` force either.
+  ``stream=True`` / ``False`` force either. Concept masks are decided by their own size
+  as well: they stay lazy when the images do, or when images and masks together would take
+  more than ``max_memory`` (images may then be in memory while the masks stream).
 """
 from __future__ import annotations
 
@@ -404,6 +408,18 @@ def _hf(path, split, n_images, seed, balanced, pre, stream, max_memory, workers,
 
 
 # ------------------------------------------------------------------------------ folders
+def _listing(bad) -> str:
+    return "; ".join(f"{f} ({m})" for f, m in bad[:10]) + \
+        (f"; and {len(bad) - 10} more" if len(bad) > 10 else "")
+
+
+def _keep_ok(files, sizes, labels, ok):
+    if len(ok) == len(files):
+        return files, sizes, labels
+    return ([files[i] for i in ok], [sizes[i] for i in ok],
+            None if labels is None else labels[ok])
+
+
 def _folder(root, n_images, seed, balanced, concepts, masks, skip_bad_images, pre, stream,
             max_memory, workers, echo):
     idx_ = fold.scan(root)
@@ -414,19 +430,35 @@ def _folder(root, n_images, seed, balanced, concepts, masks, skip_bad_images, pr
     files = [files[i] for i in sel]
     labels = None if labels is None else labels[sel]
     sizes, bad = fold.check_files(idx_.root, files, workers=workers)
+    if bad and not skip_bad_images:
+        raise InputError(f"image folder {str(idx_.root)!r}: {len(bad)} image(s) cannot "
+                         f"be decoded: {_listing(bad)}. Fix or remove them, or skip them "
+                         f"with skip_bad_images=True (--skip-bad-images)")
+    files, sizes, labels = _keep_ok(files, sizes, labels,
+                                    [i for i, s in enumerate(sizes) if s is not None])
+    if not files:
+        raise InputError(f"image folder {str(idx_.root)!r}: no readable images left "
+                         f"(skipped {len(bad)}: {_listing(bad)})")
+    mi, present = None, None
+    if masks is not None:   # every mask decoded once too, before anything else runs
+        mi = ann.scan_masks(masks, files)
+        bad_masks: list = []
+        present = ann.mask_presence(mi, sizes, workers=workers, bad=bad_masks)
+        if bad_masks:
+            mbad = [(files[i], f"mask {p}: {why}") for i, p, why in bad_masks]
+            if not skip_bad_images:
+                raise InputError(
+                    f"masks {str(mi.root)!r}: {len(mbad)} image(s) have mask files that "
+                    f"cannot be decoded: {_listing(mbad)}. Fix or remove them, or skip "
+                    f"those images with skip_bad_images=True (--skip-bad-images)")
+            drop = {i for i, _, _ in bad_masks}
+            keep = [i for i in range(len(files)) if i not in drop]
+            files, sizes, labels = _keep_ok(files, sizes, labels, keep)
+            mi, present = ann.take_masks(mi, keep), present[keep]
+            bad = bad + mbad
     if bad:
-        listing = "; ".join(f"{f} ({m})" for f, m in bad[:10]) + \
-            (f"; and {len(bad) - 10} more" if len(bad) > 10 else "")
-        if not skip_bad_images:
-            raise InputError(f"image folder {str(idx_.root)!r}: {len(bad)} image(s) cannot "
-                             f"be decoded: {listing}. Fix or remove them, or skip them with "
-                             f"skip_bad_images=True (--skip-bad-images)")
         warnings.warn(f"image folder {str(idx_.root)!r}: skipped {len(bad)} unreadable "
-                      f"image(s): {listing}", stacklevel=3)
-        ok = [i for i, s in enumerate(sizes) if s is not None]
-        files = [files[i] for i in ok]
-        sizes = [sizes[i] for i in ok]
-        labels = None if labels is None else labels[ok]
+                      f"image(s): {_listing(bad)}", stacklevel=3)
         if not files:
             raise InputError(f"image folder {str(idx_.root)!r}: no readable images left")
     info["skipped"] = [f for f, _ in bad]
@@ -451,9 +483,7 @@ def _folder(root, n_images, seed, balanced, concepts, masks, skip_bad_images, pr
     if concepts is not None:
         concept_labels, concept_names = ann.read_concept_table(concepts, files, report)
     if masks is not None:
-        mi = ann.scan_masks(masks, files)
         report.images_without_masks = sum(e is None for e in mi.per_image)
-        present = ann.mask_presence(mi, sizes, workers=workers)
         mnames = list(mi.concept_names)
         if concept_labels is None:
             concept_labels, concept_names = present, mnames
@@ -488,7 +518,13 @@ def _folder(root, n_images, seed, balanced, concepts, masks, skip_bad_images, pr
     lazy = _keep_lazy(view, stream, max_memory)
     images = view if lazy else np.asarray(view)
     if masks is not None:
-        concept_masks = mview if lazy else np.asarray(mview)
+        # the masks' own size decides too (Broden-style: ~1000 concepts x H x W bool per
+        # image outweighs the image itself): eager only when images and masks together fit
+        in_memory = 0 if lazy else view.nbytes
+        mask_lazy = lazy if stream is not None else \
+            lazy or in_memory + mview.nbytes > max_memory
+        concept_masks = mview if mask_lazy else np.asarray(mview)
+        info["masks_lazy"] = bool(mask_lazy)
     return Dataset(images, labels, concept_labels, concept_masks,
                    f"folder:{idx_.root}", idx_.class_names, tuple(concept_names),
                    tuple(files), info)
@@ -510,11 +546,13 @@ def load(source: str, *, split: str = "test", n_images: int | None = None, seed:
       seed: seed of the subset; balanced: ``n_images // K`` images per class.
       concepts: a concept CSV (wide or long, :mod:`repsim_jax.data.annotations`), folders
         only; masks: a masks directory, folders only.
-      skip_bad_images: leave out unreadable images with one warning (else an error).
+      skip_bad_images: leave out unreadable images, and images whose mask file is
+        unreadable, with one warning (else an error naming the files).
       preprocess: a :class:`~repsim_jax.models.preprocess.Preprocess` or a model: the
         resize/crop rule applied while decoding (normalisation stays in the model).
       stream: keep decoded sources lazy (True), decode now (False), or decide by
-        ``max_memory`` (None; default 1 GiB of decoded float32 images).
+        ``max_memory`` (None; default 1 GiB of decoded float32 images, masks counted with
+        them).
       data_dir: tfds data directory; workers: decoding threads (default: CPU count);
       echo: where the one-line reports go (None: silent).
     """

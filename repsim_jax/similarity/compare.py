@@ -236,46 +236,51 @@ both caches together); larger groups of layers are prepared in chunks."""
 
 
 class _FastRunner:
-    """Values of one measure's all-pairs route (:class:`~._measure.FastPath`) block by
-    block: each side's layers are prepared in chunks of at most ``FAST_BUDGET / 4`` bytes,
-    kept while they fit the budget and re-prepared otherwise (memory stays bounded for N x
-    N statistics at large N)."""
+    """Values of one measure's all-pairs route (:class:`~._measure.FastPath`) one row of
+    blocks at a time (this side's group ``i`` against every group of the other side), so
+    that this side's layers are prepared once per row. Memory stays within ``budget``
+    bytes of prepared statistics: this side's layers in chunks of up to 3/4 of it, the
+    other side's streamed in chunks of up to 1/4; the other side's statistics are kept
+    (and, for one model with itself, shared with this side) only when they all fit next
+    to this side's chunk, otherwise re-prepared per chunk (N x N statistics at large N)."""
 
     def __init__(self, fp, o, plan, N, same, budget=None):
         self.fp, self.o, self.plan, self.N, self.same = fp, o, plan, N, same
         self.budget = FAST_BUDGET if budget is None else budget
         self.cache: dict = {}
-        self.held = 0
 
-    def _chunks(self, X):
-        per = max(1, int(self.fp.nbytes(self.N, int(X.shape[-1]), self.o, self.plan)))
-        c = max(1, min(X.shape[0], (self.budget // 4) // per))
-        return [slice(s, min(s + c, X.shape[0])) for s in range(0, X.shape[0], c)], per
+    def _per(self, X) -> int:
+        return max(1, int(self.fp.nbytes(self.N, int(X.shape[-1]), self.o, self.plan)))
 
-    def _stats(self, side, g, X, sl, per, drop_before=None):
-        key = (side, g, sl.start)
+    @staticmethod
+    def _slices(L, c):
+        return [slice(s, min(s + c, L)) for s in range(0, L, c)]
+
+    def _prepare(self, X, sl, key, keep):
         if key in self.cache:
-            return self.cache[key][0]
+            return self.cache[key]
         st = self.fp.prepare(X[sl], self.o, self.plan)
-        size = per * (sl.stop - sl.start)
-        if drop_before is not None:        # a-side groups already done are not needed again
-            for k in [k for k in self.cache if k[0] == "a" and k[1] < drop_before]:
-                self.held -= self.cache.pop(k)[1]
-        if self.held + size <= self.budget // 2:
-            self.cache[key] = (st, size)
-            self.held += size
+        if keep:
+            self.cache[key] = st
         return st
 
-    def block(self, i, XA, j, XB):
-        ca, pa = self._chunks(XA)
-        cb, pb = self._chunks(XB)
-        out = np.empty((XA.shape[0], XB.shape[0]))
-        for sa in ca:
-            SA = self._stats("a", i, XA, sa, pa, drop_before=i)
-            for sb in cb:
-                SB = (self._stats("a", j, XB, sb, pb) if self.same else
-                      self._stats("b", j, XB, sb, pb))
-                out[sa, sb] = np.asarray(self.fp.grid(SA, SB, self.o, self.plan))
+    def row(self, i, XA, XBs) -> list[np.ndarray]:
+        per_a = self._per(XA)
+        ca = max(1, min(XA.shape[0], (3 * self.budget // 4) // per_a))
+        total_b = sum(self._per(X) * X.shape[0] for X in XBs)
+        keep_b = ca * per_a + total_b <= self.budget
+        out = [np.empty((XA.shape[0], X.shape[0])) for X in XBs]
+        share = self.same and keep_b        # side a's chunks = side b's cached ones
+        if share:
+            ca = max(1, min(XA.shape[0], (self.budget // 4) // per_a))
+        for sa in self._slices(XA.shape[0], ca):
+            SA = self._prepare(XA, sa, ("b" if share else "a", i, sa.start, sa.stop),
+                               keep=share)
+            for j, XB in enumerate(XBs):
+                cb = max(1, min(XB.shape[0], (self.budget // 4) // self._per(XB)))
+                for sb in self._slices(XB.shape[0], cb):
+                    SB = self._prepare(XB, sb, ("b", j, sb.start, sb.stop), keep=keep_b)
+                    out[j][sa, sb] = np.asarray(self.fp.grid(SA, SB, self.o, self.plan))
         return out
 
 
@@ -359,6 +364,7 @@ def compare_layers(acts_a: Mapping[str, Any], acts_b: Mapping[str, Any] | None =
     stacks_b = stacks_a if acts_b is None else [jnp.stack([B[n] for n in g]) for g in gb]
     prepared: dict = {}
     runners: dict = {}
+    fast_rows: dict = {}
     resampling = bool(n_permutations or n_bootstrap)
     for (name, opts, label), i, j in it:
         m = M.MEASURES[name]
@@ -376,7 +382,10 @@ def compare_layers(acts_a: Mapping[str, Any], acts_b: Mapping[str, Any] | None =
                 plan = fp.plan(N, [int(v.shape[1]) for v in A.values()],
                                [int(v.shape[1]) for v in B.values()], o)
                 runners = {spec: _FastRunner(fp, o, plan, N, acts_b is None)}
-            vals = runners[spec].block(i, XA, j, XB)
+            if (spec, i) not in fast_rows:      # group i against every group of side b
+                fast_rows.clear()
+                fast_rows[(spec, i)] = runners[spec].row(i, XA, stacks_b)
+            vals = fast_rows[(spec, i)][j]
             for a, la in enumerate(ga[i]):
                 for b, lb in enumerate(gb[j]):
                     res[(label, la, lb)] = (vals[a, b], np.nan, np.nan, np.nan)

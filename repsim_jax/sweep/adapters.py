@@ -348,6 +348,8 @@ def adapt_similarity(unit, ctx) -> dict[str, Any]:
     return {"arrays": arrays, "figures": figures,
             "tables": {"layer_similarity": rows, "layer_similarity_best_matches": best},
             "meta": {"labels": labels, "measures": list(t.measures),
+                     "n_inputs": len(ctx.data), "relative_depth": _relative_depth(ctx, keys),
+                     "higher_is_similar": {m: bool(_is_similarity(m)) for m in t.measures},
                      "summary": f"{len(labels)} layers of {len(by_model)} model(s), "
                                 f"measures: {', '.join(t.measures)}"
                                 + (f", {t.n_permutations} permutations" if t.n_permutations
@@ -370,6 +372,7 @@ def adapt_invert(unit, ctx) -> dict[str, Any]:
     out = explain({l: acts[l] for l in unit.layers}, ctx.data.concept_labels,
                   list(ctx.data.concept_names), mesh=ctx.mesh, progress=_inner(ctx), **kw)
     rows, arrays, figures = [], {}, []
+    perm = int(kw.get("permutations", 0) or 0) > 0
     for l in unit.layers:
         res = out[l]
         auc, logp = [], []
@@ -383,18 +386,27 @@ def adapt_invert(unit, ctx) -> dict[str, Any]:
                    "p_value": beam.p_value, "log_p_value": beam.log_p_value,
                    "q_value_in_unit": beam.q_value, "constant": bool(beam.constant),
                    "beam": " ; ".join(f"{e.formula} ({e.auc:.3f})" for e in beam)}
+            if perm:   # selection-aware: the whole search rerun on permuted inputs
+                row["perm_p_value"] = float(res.perm_p_value[u])
+                row["perm_q_value_in_unit"] = float(res.perm_q_value[u])
             rows.append(row)
             auc.append(row["auc"])
             logp.append(beam.log_p_value)
         arrays[f"best_auc/{l}"] = np.asarray(auc, np.float64)
         arrays[f"log_p_value/{l}"] = np.asarray(logp, np.float64)
+        if perm:
+            arrays[f"perm_p_value/{l}"] = np.asarray(res.perm_p_value, np.float64)
+            arrays[f"perm_q_value/{l}"] = np.asarray(res.perm_q_value, np.float64)
         arrays.update(_invert_top(l, acts[l], res, ctx, kw.get("reduction", "mean")))
         figures.append({"kind": "hist", "array": f"best_auc/{l}", "name": f"auc_{l}",
                         "title": f"{unit.model} {l}: AUC of each neuron's best formula",
                         "xlabel": "AUC"})
     return {"arrays": arrays, "tables": {"invert_neurons": rows}, "figures": figures,
             "meta": {"summary": f"{len(rows)} neurons labelled (L={opts['L']}, "
-                                f"B={opts['B']})", "reduction": kw.get("reduction", "mean"),
+                                f"B={opts['B']})"
+                                + (f", {kw['permutations']} permutations" if perm else ""),
+                     "reduction": kw.get("reduction", "mean"),
+                     "permutations": int(kw.get("permutations", 0) or 0),
                      "n_inputs": len(ctx.data)}}
 
 
@@ -428,14 +440,24 @@ def adapt_invert_fdr(unit, ctx) -> dict[str, Any]:
             "formula": r["formula"], "auc": r["auc"], "log_p_value": r["log_p_value"],
             "q_value": float(qi), "log_q_value": float(lq)}
            for r, qi, lq in zip(rows, np.asarray(q), np.asarray(log_q))]
+    arrays = {"log_q_value": np.asarray(log_q, np.float64)}
+    if rows and all("perm_p_value" in r for r in rows):
+        # the selection-aware permutation p-values, BH over the whole sweep as well
+        perm_q, _ = bh(np.asarray([r["perm_p_value"] for r in rows], np.float64))
+        for o, r, pq in zip(out, rows, np.asarray(perm_q)):
+            o.update(perm_p_value=r["perm_p_value"], perm_q_value=float(pq))
+        arrays["perm_q_value"] = np.asarray(perm_q, np.float64)
     order = np.argsort(np.nan_to_num(np.asarray(log_q, np.float64), nan=np.inf),
                        kind="stable")
     out = [out[i] for i in order]
     n_sig = int(np.sum(np.asarray(q) < 0.05))
-    return {"arrays": {"log_q_value": np.asarray(log_q, np.float64)},
-            "tables": {"invert_sweep_fdr": out}, "figures": [],
-            "meta": {"threshold": 0.05, "summary": f"{n_sig} of {len(out)} neurons have q < 0.05 "
-                                f"(Benjamini-Hochberg over the whole sweep)"}}
+    summary = (f"{n_sig} of {len(out)} neurons have nominal q < 0.05 (Benjamini-Hochberg "
+               f"over the whole sweep)")
+    if "perm_q_value" in arrays:
+        summary += (f"; {int(np.sum(arrays['perm_q_value'] < 0.05))} have permutation "
+                    f"q < 0.05 (selection-aware)")
+    return {"arrays": arrays, "tables": {"invert_sweep_fdr": out}, "figures": [],
+            "meta": {"threshold": 0.05, "summary": summary}}
 
 
 # ---------------------------------------------------------------------------- concepts
@@ -500,18 +522,26 @@ def adapt_concepts(unit, ctx) -> dict[str, Any]:
                      "reconstruction_error": float(ice.reconstruction_error),
                      "relative_error": float(ice.relative_error), "n_iter": int(ice.n_iter),
                      "fit_images": int(len(fit_idx))})
-    tables = {"concepts_ice": rows}
+    tables, n2v_meta = {"concepts_ice": rows}, {}
     if opts.get("net2vec", True) and ctx.data.concept_masks is not None:
-        tables["concepts_net2vec"] = _net2vec(unit, ctx, stored, opts, arrays, figures)
+        tables["concepts_net2vec"], n2v_meta["net2vec_images"] = _net2vec(
+            unit, ctx, stored, opts, arrays, figures)
+    names = list(ctx.shapes.get(unit.model, {}))
     return {"arrays": arrays, "tables": tables, "figures": figures,
             "meta": {"n_inputs": len(ctx.data),
+                     # forward position of each layer among the model's capturable layers:
+                     # the report orders Net2Vec's concept x layer map by it
+                     "layer_index": {l: names.index(l) for l in unit.layers if l in names},
+                     "concept_names": list(ctx.data.concept_names or []),
+                     **n2v_meta,
                      "summary": f"ICE with k={opts['k']} on {len(unit.layers)} layer(s)"
                                 + (", Net2Vec" if "concepts_net2vec" in tables else "")}}
 
 
-def _net2vec(unit, ctx, stored, opts, arrays, figures) -> list[dict]:
+def _net2vec(unit, ctx, stored, opts, arrays, figures) -> tuple[list[dict], int]:
     """Supervised concept filters (Net2Vec): trained on the first half of the (subset of)
-    images, set IoU on the second half, every concept x layer of the group at once."""
+    images, set IoU on the second half, every concept x layer of the group at once.
+    Returns the table rows and the number of images used (both halves)."""
     net2vec = _fn("repsim_jax.concepts.net2vec", "net2vec")
     Net2VecConfig = _fn("repsim_jax.concepts.net2vec", "Net2VecConfig")
     idx = _subset(len(ctx.data), opts.get("net2vec_images"), ctx.seed(unit) + 1)
@@ -535,7 +565,8 @@ def _net2vec(unit, ctx, stored, opts, arrays, figures) -> list[dict]:
                     "xlabels": list(res.concept_names), "ylabels": list(res.layers),
                     "vmin": 0.0, "vmax": 1.0})
     return [{"model": unit.model, "layer": l, "concept": c, "set_iou": float(iou[i, j])}
-            for i, l in enumerate(res.layers) for j, c in enumerate(res.concept_names)]
+            for i, l in enumerate(res.layers) for j, c in enumerate(res.concept_names)
+            ], int(len(idx))
 
 
 def adapt_concepts_compare(unit, ctx) -> dict[str, Any]:

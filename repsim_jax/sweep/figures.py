@@ -171,13 +171,15 @@ def layer_map(M, row_layers, col_layers, *, measure: str, row_model: str, col_mo
                    title=f"{row_model} x {col_model} ({kind} model): {measure}")
 
 
-def best_match_curves(M, keys: Sequence[tuple[str, str]], depth: Sequence[float] | None = None
+def best_match_curves(M, keys: Sequence[tuple[str, str]], depth: Sequence[float] | None = None,
+                      *, higher: bool = True
                       ) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray, list[str]]]:
     """For every ordered pair of different models (A, B): the relative depth of each of A's
     layers and its best-match similarity among B's layers, ``{(A, B): (x, y, layers)}``.
 
     ``depth``: relative depth per key (default: (rank + 1) / count among the keys of its
-    model)."""
+    model). ``higher=False`` for a distance (e.g. Procrustes): the best match is the
+    minimum."""
     M = np.asarray(M, np.float64)
     by_model: dict[str, list[int]] = {}
     for i, (m, _) in enumerate(keys):
@@ -194,7 +196,8 @@ def best_match_curves(M, keys: Sequence[tuple[str, str]], depth: Sequence[float]
             if a == b:
                 continue
             ia_sorted = sorted(ia, key=lambda i: depth[i])
-            out[(a, b)] = (depth[ia_sorted], M[np.ix_(ia_sorted, ib)].max(1),
+            sub = M[np.ix_(ia_sorted, ib)]
+            out[(a, b)] = (depth[ia_sorted], sub.max(1) if higher else sub.min(1),
                            [keys[i][1] for i in ia_sorted])
     return out
 

@@ -174,10 +174,11 @@ def load_hf_model(path, *, label="hf"):
     return loader(path)
 
 
-def load_model(spec: ModelSpec, seed: int = 0):
+def load_model(spec: ModelSpec, seed: int = 0, *, progress: bool | None = None):
     """The model of a ``[[models]]`` entry: a built-in trained model; ``arch`` with
     ``weights`` ported (random if None); ``hf``; ``factory`` (+ ``weights``); or
-    ``activations`` (a :class:`PrecomputedActivations`)."""
+    ``activations`` (a :class:`PrecomputedActivations`). ``progress``: the first-use
+    training of a built-in model (see :mod:`repsim_jax._progress`; False silences it)."""
     from flax import nnx
 
     from repsim_jax import models
@@ -198,7 +199,7 @@ def load_model(spec: ModelSpec, seed: int = 0):
                 err = KeyError(f"{err.args[0]}. {spec.name!r} is an architecture: give it "
                                f"with arch= and weights= (--arch/--weights/--num-classes)")
             raise err
-        model, _info = zoo.load_trained(spec.name)
+        model, _info = zoo.load_trained(spec.name, progress=progress)
         return model
     if spec.weights is not None:
         if not Path(spec.weights).is_file():

@@ -23,11 +23,16 @@ notebooks call too), each with a caption naming what is plotted, N and the measu
   named (``meta["measure"]`` of the unit or its figure spec, else the method option), and
   a line plot of each layer's best-match similarity against relative depth for every pair
   of models;
+  The ``[similarity]`` method (measures on the activations) gets the same maps and depth
+  plot for each of its measures (best match = minimum for a distance such as Procrustes);
 * INVERT: a per-layer summary (fraction of neurons labelled at AUC >= 0.9, significant
   neurons, most frequent concepts), every neuron in one searchable, sortable table per
   layer with significant rows (q below the threshold) marked, and for the top neurons the
-  activation distribution of inputs with and without the formula's concept;
-* concepts: ICE concept maps over example images, Net2Vec IoU as a concept x layer map;
+  activation distribution of inputs with and without the formula's concept. With
+  ``[invert] permutations = n`` significance is the selection-aware permutation q
+  (``perm_q_value``); without, the page says the nominal BH q is anti-conservative;
+* concepts: ICE concept maps over example images; Net2Vec IoU of all of a model's
+  concepts units as ONE concept x layer map per model (layers in forward order);
 * ClaDec: input / ClaDec / auto-encoder grid per layer and alpha next to its errors and
   retrain accuracies; visual summaries: masks and member strips per class;
 * every table, shown in part, with its row count and a link to the full CSV.
@@ -286,47 +291,89 @@ def _split_label(label: str) -> tuple[str, str]:
 
 
 def _layer_similarity_section(units, figs: _Figures, default_measure: str, what: str) -> str:
-    from repsim_jax.sweep import figures as F
     out = []
     for key, res in units:
         A, meta = res["arrays"], res["meta"]
         if "layer_similarity" not in A or "labels" not in meta:
             continue
-        M = np.asarray(A["layer_similarity"], np.float64)
-        keys = [_split_label(s) for s in meta["labels"]]
-        measure = _measure(res, default_measure)
-        n_in = meta.get("n_inputs")
-        n_txt = f"N={n_in} inputs" if n_in else "all inputs of the sweep"
-        models = list(dict.fromkeys(m for m, _ in keys))
-        idx = {m: [i for i, (mm, _) in enumerate(keys) if mm == m] for m in models}
+        out.append(f"<h3>{_e(key)}</h3>" + _layer_maps(
+            figs, key, A["layer_similarity"], meta, _measure(res, default_measure), what))
+    return "".join(out)
+
+
+def _similarity_section(units, figs: _Figures) -> str:
+    """The ``[similarity]`` method (repsim_jax.similarity on activations): per measure, the
+    same per-pair maps and depth plot as the semantic / concept layer maps."""
+    from repsim_jax.sweep.adapters import _is_similarity, _safe
+    out = []
+    for key, res in units:
+        A, meta = res["arrays"], res["meta"]
+        if "labels" not in meta:
+            out.append(_generic_section([(key, res)], figs))
+            continue
+        captions = {s.get("measure"): s.get("caption", "") for s in res["figures"]}
+        titles = {s.get("measure"): s.get("title") for s in res["figures"]}
+        higher = meta.get("higher_is_similar", {})
         block = [f"<h3>{_e(key)}</h3>"]
-        within, across = [], []
-        for a in models:
-            for b in models:
-                if models.index(b) < models.index(a):
-                    continue
-                sub = M[np.ix_(idx[a], idx[b])]
-                fig = F.layer_map(sub, [keys[i][1] for i in idx[a]],
-                                  [keys[i][1] for i in idx[b]], measure=measure,
-                                  row_model=a, col_model=b)
-                cap = (f"<b>{_e(measure)}</b> of the {what} between every layer of "
-                       f"<b>{_e(a)}</b> (rows) and of <b>{_e(b)}</b> (columns), "
-                       f"{'within one model' if a == b else 'across models'}; "
-                       f"{len(idx[a])} x {len(idx[b])} layers, {n_txt}.")
-                (within if a == b else across).append(figs.add(fig, key, f"map_{a}_{b}", cap))
-        block.append("<h4>Within each model</h4><div class=row>" + "".join(within) + "</div>")
-        if across:
-            block.append("<h4>Across models</h4><div class=row>" + "".join(across) + "</div>")
-            curves = F.best_match_curves(M, keys, meta.get("relative_depth"))
-            block.append(figs.add(F.depth_plot(curves, measure=measure), key, "depth", (
-                f"Each layer's best-match <b>{_e(measure)}</b> in the other model (maximum "
-                f"over its layers) against the layer's relative depth (layer index / number "
-                f"of capturable layers of its model), one line per ordered model pair; "
-                f"{n_txt}.")))
-        else:
-            block.append("<p class=note>One model: no across-model maps or depth plot.</p>")
+        measures = meta.get("measures") or [s["measure"] for s in res["figures"]]
+        for label in measures:
+            name = _safe(label)
+            if f"similarity/{name}" not in A:
+                continue
+            hi = higher.get(label)
+            if hi is None:
+                try:
+                    hi = _is_similarity(label)
+                except (KeyError, ImportError):
+                    hi = True
+            block.append(f"<h4>{_e(titles.get(label) or label)}</h4>" + _layer_maps(
+                figs, key, A[f"similarity/{name}"], meta, label, "activations",
+                higher=bool(hi), note=captions.get(label, ""), tag=name
+                if len(measures) > 1 else ""))
         out.append("".join(block))
     return "".join(out)
+
+
+def _layer_maps(figs: _Figures, key: str, M, meta: dict, measure: str, what: str, *,
+                higher: bool = True, note: str = "", tag: str = "") -> str:
+    """One map per model pair (within-model, then across-model), and each layer's best
+    match against relative depth for every ordered pair of models."""
+    from repsim_jax.sweep import figures as F
+    M = np.asarray(M, np.float64)
+    keys = [_split_label(s) for s in meta["labels"]]
+    n_in = meta.get("n_inputs")
+    n_txt = f"N={n_in} inputs" if n_in else "all inputs of the sweep"
+    note = f" ({_e(note)})" if note else ""
+    sfx = f"_{tag}" if tag else ""
+    models = list(dict.fromkeys(m for m, _ in keys))
+    idx = {m: [i for i, (mm, _) in enumerate(keys) if mm == m] for m in models}
+    block, within, across = [], [], []
+    for a in models:
+        for b in models:
+            if models.index(b) < models.index(a):
+                continue
+            sub = M[np.ix_(idx[a], idx[b])]
+            fig = F.layer_map(sub, [keys[i][1] for i in idx[a]],
+                              [keys[i][1] for i in idx[b]], measure=measure,
+                              row_model=a, col_model=b)
+            cap = (f"<b>{_e(measure)}</b>{note} of the {what} between every layer of "
+                   f"<b>{_e(a)}</b> (rows) and of <b>{_e(b)}</b> (columns), "
+                   f"{'within one model' if a == b else 'across models'}; "
+                   f"{len(idx[a])} x {len(idx[b])} layers, {n_txt}.")
+            (within if a == b else across).append(
+                figs.add(fig, key, f"map{sfx}_{a}_{b}", cap))
+    block.append("<h4>Within each model</h4><div class=row>" + "".join(within) + "</div>")
+    if across:
+        block.append("<h4>Across models</h4><div class=row>" + "".join(across) + "</div>")
+        curves = F.best_match_curves(M, keys, meta.get("relative_depth"), higher=higher)
+        best = "maximum" if higher else "minimum: a distance, lower = more similar"
+        block.append(figs.add(F.depth_plot(curves, measure=measure), key, f"depth{sfx}", (
+            f"Each layer's best-match <b>{_e(measure)}</b> in the other model ({best} over "
+            f"its layers) against the layer's relative depth (layer index / number of "
+            f"capturable layers of its model), one line per ordered model pair; {n_txt}.")))
+    else:
+        block.append("<p class=note>One model: no across-model maps or depth plot.</p>")
+    return "".join(block)
 
 
 def _formula_concepts(formula: str) -> list[str]:
@@ -335,14 +382,33 @@ def _formula_concepts(formula: str) -> list[str]:
 
 def _invert_section(units, fdr_units, figs: _Figures) -> str:
     from repsim_jax.sweep import figures as F
-    q_of, threshold, n_total = {}, 0.05, None
+    q_of, pq_of, threshold, n_total = {}, {}, 0.05, None
     for _, res in fdr_units:
         threshold = float(res["meta"].get("threshold", threshold))
         rows = res["tables"].get("invert_sweep_fdr", [])
         n_total = len(rows)
         q_of.update({(r["model"], r["layer"], int(r["neuron"])): r["q_value"] for r in rows})
-    q_source = (f"Benjamini-Hochberg q over all {n_total} neurons of the sweep" if q_of
-                else "Benjamini-Hochberg q within the unit")
+        pq_of.update({(r["model"], r["layer"], int(r["neuron"])): r["perm_q_value"]
+                      for r in rows if "perm_q_value" in r})
+    neurons = [r for _, res in units for r in res["tables"].get("invert_neurons", [])]
+    perm = bool(neurons) and all("perm_p_value" in r for r in neurons)
+    n_perm = max((int(res["meta"].get("permutations", 0) or 0) for _, res in units), default=0)
+    where = (f"over all {n_total} neurons of the sweep" if q_of else "over the neurons of "
+             "each unit")
+    if perm:
+        where = f"over all {n_total} neurons of the sweep" if pq_of else where
+        q_source = (f"selection-aware permutation q: Benjamini-Hochberg {where} of the "
+                    f"permutation p-values ({n_perm or '?'} permutations: the whole search "
+                    f"rerun on permuted inputs); column perm_q_value")
+        caveat = ""
+    else:
+        q_source = f"nominal Benjamini-Hochberg q {where}; column q_value"
+        caveat = ("<p class=note><b>Caveat:</b> q_value is the nominal Benjamini-Hochberg "
+                  "q of the Mann-Whitney p-value of each neuron's <i>best</i> formula, "
+                  "chosen by the search on the same inputs; it ignores that selection and "
+                  "is anti-conservative (too many neurons look significant). Set "
+                  "<code>[invert] permutations = n</code> for selection-aware permutation "
+                  "p- and q-values.</p>")
     summary, layer_blocks = [], []
     tid = 0
     for key, res in units:
@@ -355,13 +421,19 @@ def _invert_section(units, fdr_units, figs: _Figures) -> str:
             model = rows[0]["model"]
             table = []
             for r in rows:
-                q = q_of.get((model, layer, int(r["neuron"])), r.get("q_value_in_unit"))
+                at = (model, layer, int(r["neuron"]))
+                q = q_of.get(at, r.get("q_value_in_unit"))
                 q = float("nan") if q is None else float(q)
-                table.append({"neuron": int(r["neuron"]), "formula": r["formula"],
-                              "auc": float(r["auc"]),
-                              "concept_fraction": float(r["concept_fraction"]),
-                              "p_value": float(r["p_value"]), "q_value": q,
-                              "significant": bool(np.isfinite(q) and q < threshold)})
+                t = {"neuron": int(r["neuron"]), "formula": r["formula"],
+                     "auc": float(r["auc"]), "concept_fraction": float(r["concept_fraction"]),
+                     "p_value": float(r["p_value"]), "q_value": q}
+                if perm:
+                    pq = pq_of.get(at, r.get("perm_q_value_in_unit"))
+                    t["perm_p_value"] = float(r["perm_p_value"])
+                    t["perm_q_value"] = float("nan") if pq is None else float(pq)
+                sq = t["perm_q_value"] if perm else q
+                t["significant"] = bool(np.isfinite(sq) and sq < threshold)
+                table.append(t)
             auc = np.asarray([t["auc"] for t in table], np.float64)
             good = [t for t in table if t["auc"] >= AUC_LABELLED]
             freq = collections.Counter(c for t in (good or table)
@@ -407,8 +479,8 @@ def _invert_section(units, fdr_units, figs: _Figures) -> str:
                     f" (red) and where it does not (grey)."))
             block.append("</div>")
             layer_blocks.append("".join(block))
-    head = (f"<h3>Per-layer summary</h3><p>A neuron is <i>labelled</i> when its best formula "
-            f"reaches AUC &ge; {AUC_LABELLED}; significant: q &lt; {threshold:g} ({q_source})"
+    head = (caveat + f"<h3>Per-layer summary</h3><p>A neuron is <i>labelled</i> when its "
+            f"best formula reaches AUC &ge; {AUC_LABELLED}; significant: q &lt; {threshold:g} ({q_source})"
             f"; concepts counted over the labelled neurons' formulas (all neurons' where none"
             f" is labelled). {len(summary)} rows.</p>" + _html_table(summary, None))
     return head + "".join(layer_blocks)
@@ -435,21 +507,66 @@ def _concepts_section(units, figs: _Figures, opts: dict) -> str:
                 f"activations, relative error {r['relative_error']:.3f}) as maps over the "
                 f"first {n} of the N={r.get('n_inputs', len(ex))} inputs factorised (rows; "
                 f"left: the input), each map normalised to its maximum.")))
-        rows = T.get("concepts_net2vec", [])
-        if rows and "net2vec_iou" in A:
-            layers = list(dict.fromkeys(r["layer"] for r in rows))
-            concepts = list(dict.fromkeys(r["concept"] for r in rows))
-            model = rows[0]["model"]
-            block.append(figs.add(F.net2vec_heatmap(A["net2vec_iou"], layers, concepts,
-                                                    model=model), key, "net2vec", (
-                f"<b>Net2Vec</b> set IoU of each concept (rows) in each layer (columns) of "
-                f"<b>{_e(model)}</b>: concept filters trained on the first half of the inputs,"
-                f" IoU with the ground-truth masks on the second half (N="
-                f"{res['meta'].get('n_inputs', '?')} inputs); {len(concepts)} concepts x "
-                f"{len(layers)} layers.")))
         block.append("</div>")
         out.append("".join(block))
+    maps = net2vec_by_model(units)
+    if maps:
+        out.append("<h3>Net2Vec: concept x layer</h3><div class=row>")
+    for model, (M, concepts, layers, n_img) in maps.items():
+        n_txt = f"N={n_img} inputs" if n_img else "N=? inputs"
+        out.append(figs.add(F.net2vec_heatmap(M.T, layers, concepts, model=model),
+                            f"concepts__net2vec__{model}", "net2vec", (
+            f"<b>Net2Vec</b> set IoU (the measure; 0..1) of each concept (rows) in each layer "
+            f"(columns, in forward order) of <b>{_e(model)}</b>: concept filters trained on "
+            f"the first half of {n_txt}, IoU with the ground-truth concept masks on the "
+            f"second half; {len(concepts)} concepts x {len(layers)} layers"
+            + ("; blank: concept absent from that layer's image halves" if
+               np.isnan(M).any() else "") + ".")))
+    if maps:
+        out.append("</div>")
     return "".join(out)
+
+
+def net2vec_by_model(units) -> dict[str, tuple[np.ndarray, list[str], list[str], int | None]]:
+    """Net2Vec set IoU of ALL concepts units of each model as one concept x layer matrix:
+    ``{model: (iou (concepts, layers), concept names, layer names, N images)}``, layers in
+    forward order (the units' ``meta["layer_index"]``; run order for older outputs),
+    concepts in the data set's order (``meta["concept_names"]``; first-seen order for older
+    outputs); NaN where a unit did not test a concept."""
+    cells: dict[str, dict[tuple[str, str], float]] = {}
+    order: dict[str, dict[str, tuple]] = {}
+    concepts: dict[str, list[str]] = {}
+    n_img: dict[str, int | None] = {}
+    for _, res in units:
+        rows = res["tables"].get("concepts_net2vec", [])
+        index = res["meta"].get("layer_index", {}) or {}
+        for r in rows:
+            m, l, c = r["model"], r["layer"], r["concept"]
+            cells.setdefault(m, {})[(c, l)] = float(r["set_iou"])
+            seen = order.setdefault(m, {})
+            if l not in seen:
+                seen[l] = (index.get(l, np.inf), len(seen))
+            if c not in concepts.setdefault(m, []):
+                concepts[m].append(c)
+            if rows:
+                n = res["meta"].get("net2vec_images", res["meta"].get("n_inputs"))
+                n_img[m] = n_img.get(m) or n
+    data_order: dict[str, dict[str, int]] = {}
+    for _, res in units:
+        for r in res["tables"].get("concepts_net2vec", [])[:1]:
+            for i, c in enumerate(res["meta"].get("concept_names") or []):
+                data_order.setdefault(r["model"], {}).setdefault(c, i)
+    out = {}
+    for m, cell in cells.items():
+        rank = data_order.get(m, {})
+        concepts[m] = sorted(concepts[m], key=lambda c: (rank.get(c, np.inf),
+                                                         concepts[m].index(c)))
+        layers = sorted(order[m], key=lambda l: order[m][l])
+        M = np.full((len(concepts[m]), len(layers)), np.nan)
+        for (c, l), v in cell.items():
+            M[concepts[m].index(c), layers.index(l)] = v
+        out[m] = (M, concepts[m], layers, n_img.get(m))
+    return out
 
 
 def _cladec_section(units, figs: _Figures) -> str:
@@ -541,8 +658,9 @@ _TITLES = {"semantic": "Semantic RSMs", "semantic_compare": "Layer x layer: sema
            "invert": "INVERT: concept labels of every neuron",
            "concepts": "Concepts: ICE maps and Net2Vec",
            "concepts_compare": "Layer x layer: concept similarity",
-           "cladec": "ClaDec", "summaries": "Visual summaries"}
-_ORDER = ["semantic_compare", "concepts_compare", "semantic", "invert", "concepts", "cladec",
+           "cladec": "ClaDec", "summaries": "Visual summaries",
+           "similarity": "Layer x layer: activation similarity"}
+_ORDER = ["similarity", "semantic_compare", "concepts_compare", "semantic", "invert", "concepts", "cladec",
           "summaries"]
 
 
@@ -580,6 +698,8 @@ def _render(store: Store, cfg: dict, keys: Sequence[str], run_info: dict[str, An
                 units, figs, f"{con_opts.get('metric', 'cosine')} "
                              f"{con_opts.get('layer_score', 'best_match')}",
                 "layers' ICE concepts (best-match concept similarity)")
+        elif m == "similarity":
+            body = _similarity_section(units, figs)
         elif m == "invert":
             body = _invert_section(units, by_method.get("invert_fdr", []), figs)
         elif m == "invert_fdr":
@@ -592,8 +712,9 @@ def _render(store: Store, cfg: dict, keys: Sequence[str], run_info: dict[str, An
             body = _summaries_section(units, figs)
         else:
             body = _generic_section(units, figs)
+        listed = units + (by_method.get("invert_fdr", []) if m == "invert" else [])
         summaries = "".join(f"<li><code>{_e(k)}</code>: {_e(r['meta']['summary'])}</li>"
-                            for k, r in units if r["meta"].get("summary"))
+                            for k, r in listed if r["meta"].get("summary"))
         if summaries:
             body = f"<ul class=note>{summaries}</ul>" + body
         sections.append((m, body))

@@ -359,7 +359,7 @@ def _run(cfg: SweepConfig, hosts: Hosts, progress, echo, write_report) -> Path:
     # (folders, tfds, hf) is resized/cropped by the first model's preprocessing
     models, shapes = {}, {}
     for spec in cfg.models:
-        models[spec.name] = load_model(spec, seed=cfg.seed)
+        models[spec.name] = load_model(spec, seed=cfg.seed, progress=progress)
         shapes[spec.name] = model_layers(models[spec.name])
     runnable = [m for m in models.values() if not isinstance(m, PrecomputedActivations)]
     data = load_data(cfg.data, preprocess=runnable[0] if runnable else None, seed=cfg.seed,

@@ -148,15 +148,19 @@ def test_fast_path_equals_single_pairs(label, monkeypatch):
 
 
 def test_fast_path_self_comparison_and_generic_grid(monkeypatch):
-    """One model with itself (b-side stats shared with a's, tiny budget) equals a vs a copy
-    of a; resampling forces the generic (vmapped pair) grid: the same values."""
+    """One model with itself (b-side stats shared with a's) equals a vs a copy of a, also
+    with a budget too small to keep any statistics; resampling forces the generic (vmapped pair) grid: the same values."""
     from repsim_jax.similarity import compare as C
     a, b = _layers(WIDE)
     ms = ["cka_debiased", "rsa"]
-    monkeypatch.setattr(C, "FAST_BUDGET", 6 * 20 * 20 * 4)
-    same = S.compare_layers(a, None, ms, progress=False)
+    same = S.compare_layers(a, None, ms, progress=False)     # stats shared by both sides
     copy = S.compare_layers(a, dict(a), ms, progress=False)
     np.testing.assert_allclose(same.value, copy.value, atol=1e-6)
+    # room for 3 Gram matrices: chunks of 2 + 1 layers, nothing kept, re-prepared per row
+    monkeypatch.setattr(C, "FAST_BUDGET", 3 * 20 * 20 * 4)
+    for other in (None, dict(a)):
+        small = S.compare_layers(a, other, ms, progress=False)
+        np.testing.assert_allclose(small.value, copy.value, atol=1e-6)
     t = S.compare_layers(a, b, ms, progress=False)
     g = S.compare_layers(a, b, ms, n_permutations=1, progress=False)
     np.testing.assert_allclose(t.value, g.value, atol=1e-5)
@@ -196,3 +200,14 @@ def test_fast_spectral_routes_options_and_near_pairs():
             assert abs(r["value"] - want) < 1e-5, (key, r, want)
     t = S.compare_layers(al, b, ["procrustes"], progress=False)
     assert t.matrix().values[0, 0] < 1e-4          # l0 vs its rotated copy
+
+
+def test_every_measure_has_an_all_pairs_route():
+    """compare_layers' fast path covers every measure at its defaults (Kendall's tau-a RSA,
+    an O(N^4) pair, is the one option left to the generic grid)."""
+    from repsim_jax.similarity import _measure as M
+    for name, m in M.MEASURES.items():
+        o = dict(M.resolve(name)[1])
+        assert m.fast is not None and m.fast(o) is not None, name
+    rsa = M.MEASURES["rsa"]
+    assert rsa.fast(dict(M.resolve("rsa", {"compare": "kendall_tau_a"})[1])) is None

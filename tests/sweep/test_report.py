@@ -100,6 +100,9 @@ def test_report_content(sweep):
     assert sum(t.count("<tr") - 1 for _, t in tables) == len(neurons)
     assert sum(t.count("<tr class=sig>") for _, t in tables) == sum(
         r["q_value"] < 0.05 for r in fdr)
+    # no permutations: the page says q is nominal (anti-conservative) and how to do better
+    assert "nominal Benjamini-Hochberg" in html and "anti-conservative" in html
+    assert "[invert] permutations = n" in html and "perm_q_value" not in html
     # the top-neuron distributions hold what the adapter saved: activation vs formula
     with np.load(out / "arrays" / "invert__va__globalpool.npz") as z:
         top, holds = z["top_neurons/globalpool"], z["top_holds/globalpool"]

@@ -2,6 +2,7 @@
 the measure named on figures and tables, p-values / intervals where asked, bad measure names
 caught before anything runs; the identity baseline takes only its own options."""
 import json
+import re
 import types
 
 import jax
@@ -58,6 +59,14 @@ def test_similarity_sweep_numbers_measure_names_p_and_ci(tmp_path):
     html = report.read_text()
     assert "layer x layer cka_debiased of activations" in html
     assert "layer x layer procrustes of activations" in html
+    # one model: its within-model map per measure, layer names on the axes, N and the
+    # measure (with the adapter's caption) in the caption; no across-model map
+    caps = re.findall(r'alt="(similarity__[^"]*)"><figcaption>(.*?)</figcaption>', html, re.S)
+    assert [a.split("__")[-1] for a, _ in caps] == ["00_map_cka_debiased_rvgg_rvgg.png",
+                                                    "01_map_procrustes_rvgg_rvgg.png"]
+    assert all("N=12 inputs" in c and "2 x 2 layers" in c for _, c in caps)
+    assert "<b>procrustes</b> (angular Procrustes distance" in caps[1][1]
+    assert "One model: no across-model maps or depth plot." in html
 
 
 def test_bad_measure_is_named_before_anything_runs(tmp_path):
