@@ -144,7 +144,7 @@ def _fast_grid(SA, SB, o, plan, kind):
     P, rho, _ = np.linalg.svd(np.asarray(C, np.float64), full_matrices=False)
     # (La, Lb, ra, m), (La, Lb, m): orthonormalised canonical variates, weights (_pair_pwcca)
     Q, _ = np.linalg.qr(SA["f"][:, None, :, None].astype(np.float64) * P)
-    w = np.abs(np.einsum("abrm,ard->abmd", Q, SA["t"].astype(np.float64))).sum(-1)
+    w = np.abs(np.swapaxes(Q, -1, -2) @ SA["t"].astype(np.float64)[:, None]).sum(-1)
     w = np.where(rho > 0, w, 0.0)
     return (w * rho).sum(-1) / np.maximum(w.sum(-1), np.finfo(np.float64).tiny)
 

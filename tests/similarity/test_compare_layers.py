@@ -200,3 +200,14 @@ def test_fast_spectral_routes_options_and_near_pairs():
             assert abs(r["value"] - want) < 1e-5, (key, r, want)
     t = S.compare_layers(al, b, ["procrustes"], progress=False)
     assert t.matrix().values[0, 0] < 1e-4          # l0 vs its rotated copy
+
+
+def test_every_measure_has_an_all_pairs_route():
+    """compare_layers' fast path covers every measure at its defaults (Kendall's tau-a RSA,
+    an O(N^4) pair, is the one option left to the generic grid)."""
+    from repsim_jax.similarity import _measure as M
+    for name, m in M.MEASURES.items():
+        o = dict(M.resolve(name)[1])
+        assert m.fast is not None and m.fast(o) is not None, name
+    rsa = M.MEASURES["rsa"]
+    assert rsa.fast(dict(M.resolve("rsa", {"compare": "kendall_tau_a"})[1])) is None
