@@ -186,15 +186,16 @@ show(image_rows([images[[q, *top_sem]], images[[q, *top_id]]],
 # ## Matchers: exact vs approximate
 #
 # Exact matching costs O(S^3) per pair (S positions). The approximate matchers trade
-# exactness for speed; `return_quality=True` reports the matched score divided by the
-# exact one (1 = optimal).
+# exactness for speed; `return_info=True, quality=True` returns a `SemanticRSM` whose
+# `.quality` is the matched score divided by the exact one (1 = optimal).
 
 # %%
 import time
 
 for matcher in ("exact", "greedy", "sinkhorn", "identity"):
     t = time.perf_counter()
-    M, quality = semantic.rsm(X, kernel="cosine", matcher=matcher, return_quality=True)
+    info = semantic.rsm(X, kernel="cosine", matcher=matcher, return_info=True, quality=True)
+    M, quality = info.rsm, info.quality
     dt = time.perf_counter() - t
     print(f"{matcher:>9}: mean quality {np.mean(quality):.4f}, "
           f"min {np.min(quality):.4f}, {dt:.2f} s (incl. compilation)")

@@ -56,16 +56,21 @@ from repsim_jax.semantic.solvers import SOLVERS, get_solver
 __all__ = ["rsm", "SemanticRSM", "KERNELS", "pair_statistics", "kernel_from_statistics"]
 
 
-@result(meta=("matcher", "tol"))
+@result(meta=("matcher", "tol", "layers", "kernels"))
 class SemanticRSM:
-    """``rsm(..., return_info=True)``: the RSM(s) with their certificate.
+    """``rsm(..., return_info=True)``: the RSM(s) with everything else ``rsm`` computed.
 
-    ``rsm``: what ``rsm`` returns without ``return_info`` (an array, or dicts per layer /
-    kernel); ``bound``: the same structure, a certified bound on ``|K - K_exact|`` per entry
-    (None for matchers without a certificate: identity, greedy, topk_greedy, window; 0 for
-    exact); ``quality``: ``return_quality``'s ratio (or None); ``exact_fraction``: the
-    fraction of pairs i > j a certified matcher had to solve exactly (its stronger step),
-    ``fallback_pairs`` / ``pairs`` the counts (over all layers); ``matcher``, ``tol``.
+    ``rsm``: exactly what ``rsm`` returns without ``return_info`` (an (N, N) array, an
+    (L, N, N) array when ``stacked``, ``{layer: ...}`` for a dict of layers, and inside
+    that ``{kernel: ...}`` for a kernel sequence); ``bound``: the same structure, a
+    certified bound on ``|K - K_exact|`` per entry (None for matchers without a certificate:
+    identity, greedy, topk_greedy, window; 0 for exact); ``quality``: with
+    ``quality=True`` the (N, N) ratio matched score / exact score, structured like the input
+    (per layer for a dict; not per kernel: one matching serves all kernels), else None;
+    ``exact_fraction``: the fraction of pairs i > j a certified matcher had to solve exactly
+    (its stronger step), ``fallback_pairs`` / ``pairs`` the counts (over all layers);
+    ``matcher``, ``tol``; ``layers``: the names of a dict input, in its order (None for an
+    array); ``kernels``: the kernel(s) computed.
     """
     rsm: object
     bound: object
@@ -75,6 +80,8 @@ class SemanticRSM:
     pairs: int
     matcher: str = ""
     tol: float | None = None
+    layers: tuple | None = None
+    kernels: tuple = ()
 
 
 # ------------------------------------------------------------------------ validation
@@ -131,8 +138,8 @@ def _certify_rbf(x, st, tol, sigma, sqnorm, max_rounds: int = 3):
         st.fallback[l, p] = True
 
 
-def _rsm_stack(x, kernels, matcher, return_quality, sigma, options):
-    st = pair_statistics(x, matcher=matcher, return_quality=return_quality, **options)
+def _rsm_stack(x, kernels, matcher, want_quality, sigma, options):
+    st = pair_statistics(x, matcher=matcher, return_quality=want_quality, **options)
     n, L = x.shape[1], x.shape[0]
     sqnorm = np.asarray(jnp.sum(jnp.square(x), axis=(-2, -1)), np.float64)
     slv = get_solver(matcher)
@@ -154,7 +161,7 @@ def _rsm_stack(x, kernels, matcher, return_quality, sigma, options):
             b[:, jj, ii] = val
             bounds[k] = b
     qual = None
-    if return_quality:
+    if want_quality:
         if st.exact_sim is not None:
             exact = st.exact_sim
         elif st.gap is not None:                 # certified: no extra solve
@@ -172,9 +179,16 @@ def _rsm_stack(x, kernels, matcher, return_quality, sigma, options):
 
 
 def rsm(reps, *, kernel: str | Sequence[str] = "cosine", matcher: str = "exact",
-        return_quality: bool = False, return_info: bool = False, stacked: bool = False,
-        sigma="lower_median", drop_first_token: bool = False, **options):
+        return_info: bool = False, quality: bool = False, stacked: bool = False,
+        sigma="lower_median", drop_first_token: bool = False, return_quality: bool = False,
+        **options):
     r"""Semantic RSM(s) of one layer, a stack of equal-shaped layers, or a dict of layers.
+
+    The result mirrors the input, and nothing else changes its type: an array in gives an
+    (N, N) array ((L, N, N) with ``stacked=True``); a dict of layers gives a dict with the
+    same names in the same order; a kernel sequence gives ``{kernel: ...}`` (inside the
+    per-layer dict). Every extra output (bounds, quality, exact fraction, names) comes only
+    with ``return_info=True``, as one :class:`SemanticRSM` whose ``.rsm`` is that structure.
 
     Args:
       reps: (N, H, W, C) or (N, S, C) for one layer (channels last, position s = h*W + w);
@@ -192,11 +206,14 @@ def rsm(reps, *, kernel: str | Sequence[str] = "cosine", matcher: str = "exact",
         ``bidders``, ``max_bids``, ``lanes``: pairs stepping together in-graph;
         ``cost_dtype``: ``"float32"`` (default), ``"bfloat16"`` or ``"auto"``, only with
         ``tol=None``). See :mod:`repsim_jax.semantic.solvers`.
-      return_quality: also return the (N, N) ratio matched score / exact score (1 on the
-        diagonal and for ``exact``; <= 1 otherwise). For certified matchers it is the
-        certified lower bound score / (score + bound), from no extra solve; for the others
-        the exact matcher is run too.
-      return_info: return a :class:`SemanticRSM` (RSMs, per-entry bounds, exact_fraction).
+      return_info: return a :class:`SemanticRSM` (RSMs, per-entry bounds, exact_fraction,
+        quality when asked, layer names).
+      quality: with ``return_info``, compute ``SemanticRSM.quality``: the (N, N) ratio
+        matched score / exact score (1 on the diagonal and for ``exact``; <= 1 otherwise).
+        For certified matchers it is the certified lower bound score / (score + bound),
+        from no extra solve; for the others the exact matcher is run too.
+      return_quality: deprecated (one release; DeprecationWarning): returns the old tuple
+        ``(rsm, quality)``; use ``return_info=True, quality=True``.
       sigma: rbf bandwidth rule (``"lower_median"`` = official, ``"median"``, ``"mean"``)
         or a positive number.
       drop_first_token: drop token 0 (e.g. a transformer's CLS token) from every set.
@@ -210,9 +227,21 @@ def rsm(reps, *, kernel: str | Sequence[str] = "cosine", matcher: str = "exact",
 
     Returns:
       (N, N) float64 array (or (L, N, N) when ``stacked``; a dict per layer for dict input;
-      a dict per kernel for a kernel sequence); with ``return_quality`` a tuple
-      ``(rsm, quality)`` of the same structure; with ``return_info`` a :class:`SemanticRSM`.
+      a dict per kernel for a kernel sequence); with ``return_info`` a :class:`SemanticRSM`
+      holding that structure as ``.rsm``.
+
+    Raises:
+      InputError: bad shapes, an empty dict, layers disagreeing on N, unknown kernel or
+        matcher options, ``quality=True`` without ``return_info=True``.
     """
+    if return_quality:
+        warnings.warn("semantic.rsm(return_quality=True) is deprecated and will be removed: "
+                      "use rsm(..., return_info=True, quality=True) and read .rsm and "
+                      ".quality of the SemanticRSM", DeprecationWarning, stacklevel=2)
+    if quality and not return_info:
+        raise InputError("quality=True: the quality comes only as SemanticRSM.quality; "
+                         "pass return_info=True as well")
+    want_quality = bool(quality or return_quality)
     kernels = (kernel,) if isinstance(kernel, str) else tuple(kernel)
     if not kernels:
         raise InputError("kernel: give at least one kernel")
@@ -230,7 +259,7 @@ def rsm(reps, *, kernel: str | Sequence[str] = "cosine", matcher: str = "exact",
     counts = [0, 0]
 
     def run(x):
-        mats, qual, bounds, (nfb, npairs) = _rsm_stack(x, kernels, matcher, return_quality,
+        mats, qual, bounds, (nfb, npairs) = _rsm_stack(x, kernels, matcher, want_quality,
                                                        sigma, options)
         counts[0] += nfb
         counts[1] += npairs
@@ -253,12 +282,12 @@ def rsm(reps, *, kernel: str | Sequence[str] = "cosine", matcher: str = "exact",
             mats, qual, bounds = run(x)
             for li, nm in enumerate(names):
                 out[nm] = pick({k: m[li] for k, m in mats.items()})
-                if return_quality:
+                if want_quality:
                     qout[nm] = qual[li]
                 if bounds is not None:
                     bout[nm] = pick({k: b[li] for k, b in bounds.items()})
         out = {nm: out[nm] for nm in reps}
-        qout = {nm: qout[nm] for nm in reps} if return_quality else None
+        qout = {nm: qout[nm] for nm in reps} if want_quality else None
         bout = {nm: bout[nm] for nm in reps} if bout else None
     else:
         x = _as_sets(reps, "reps", drop_first_token, stacked)
@@ -273,8 +302,9 @@ def rsm(reps, *, kernel: str | Sequence[str] = "cosine", matcher: str = "exact",
         return SemanticRSM(rsm=out, bound=bout, quality=qout,
                            exact_fraction=counts[0] / max(counts[1], 1),
                            fallback_pairs=counts[0], pairs=counts[1], matcher=matcher,
-                           tol=tol)
-    return (out, qout) if return_quality else out
+                           tol=tol, layers=tuple(reps) if isinstance(reps, Mapping) else None,
+                           kernels=kernels)
+    return (out, qout) if return_quality else out     # the deprecated tuple
 
 
 MATCHERS = tuple(SOLVERS)

@@ -127,7 +127,9 @@ def test_return_quality_needs_no_exact_solve(monkeypatch):
     def forbidden(*a, **k):
         raise AssertionError("an exact solve ran")
     monkeypatch.setattr(host_mod, "solve_exact_host", forbidden)
-    k, q = rsm(x, kernel="inner", matcher="auction", tol=0.5, return_quality=True, mesh=None)
+    info = rsm(x, kernel="inner", matcher="auction", tol=0.5, return_info=True, quality=True,
+               mesh=None)
+    k, q = info.rsm, info.quality
     off = ~np.eye(7, dtype=bool)
     assert (q[off] <= k[off] / exact[off] + 1e-6).all()      # a certified lower bound
     assert q[off].min() > 0.95 and (np.diag(q) == 1).all()

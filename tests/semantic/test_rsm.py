@@ -93,20 +93,20 @@ def test_sharded_over_8_devices_equals_single_device(monkeypatch):
     x = np.maximum(rng.normal(size=(13, 16, 8)), 0).astype(np.float32)
     for matcher, opts in [("exact", {}), ("greedy", {}), ("auction", {"k": 4})]:
         single = rsm(x, kernel=KERNELS, matcher=matcher, devices=[jax.devices()[0]],
-                     block_pairs=16, return_quality=True, **opts)   # the same tiles: the
-        # same cost matrices bit for bit (the auction's candidate argmax sees near-ties)
+                     block_pairs=16, return_info=True, quality=True, **opts)   # the same
+        # tiles: the same cost matrices bit for bit (the auction's argmax sees near-ties)
         sharded = rsm(x, kernel=KERNELS, matcher=matcher, devices="all", block_pairs=16,
-                      return_quality=True, **opts)
+                      return_info=True, quality=True, **opts)
         if matcher == "auction":   # certified (tol 1e-3) on two paths: host bidding with
             # candidate refresh vs in-graph lanes + exact fallback; both within tol of exact
             ex = rsm(x, kernel=KERNELS, matcher="exact", devices=None)
             for res in (single, sharded):
-                assert np.abs(res[0]["cosine"] - ex["cosine"]).max() <= 1e-3
-                assert np.abs(res[0]["rbf"] - ex["rbf"]).max() <= 1e-3
+                assert np.abs(res.rsm["cosine"] - ex["cosine"]).max() <= 1e-3
+                assert np.abs(res.rsm["rbf"] - ex["rbf"]).max() <= 1e-3
             continue
         for k in KERNELS:
-            np.testing.assert_allclose(sharded[0][k], single[0][k], rtol=1e-6)
-        np.testing.assert_allclose(sharded[1], single[1], rtol=1e-6)
+            np.testing.assert_allclose(sharded.rsm[k], single.rsm[k], rtol=1e-6)
+        np.testing.assert_allclose(sharded.quality, single.quality, rtol=1e-6)
     assert 8 in seen and 1 in seen          # both the sharded and the single-device path ran
 
 
@@ -142,8 +142,8 @@ def test_auction_lanes_path_equals_per_pair_auction(monkeypatch):
             sim = np.take_along_axis(cost, perm[..., None], -1)[..., 0].sum(-1)
             np.testing.assert_allclose(got["inner"][layer][ii, jj], sim, rtol=1e-5)
             np.testing.assert_allclose(got["inner"][layer][jj, ii], sim, rtol=1e-5)
-        tile = rsm(x, kernel=KERNELS, matcher="auction", stacked=True, return_quality=True,
-                   devices=None, **opts)[0]             # the per-tile path (with quality)
+        tile = rsm(x, kernel=KERNELS, matcher="auction", stacked=True, return_info=True,
+                   quality=True, devices=None, **opts).rsm   # the per-tile path (quality)
         for k in KERNELS:
             np.testing.assert_allclose(got[k], tile[k], rtol=1e-5, atol=1e-7)
     if matching.host_auction_available():     # bidding on the host (numba): same RSMs
@@ -209,7 +209,8 @@ def test_return_quality_ratios():
     for matcher, opts in [("greedy", {}), ("window", {"size": 16}), ("topk_greedy", {"k": 8}),
                           ("sinkhorn", {}), ("identity", {}), ("exact", {}),
                           ("auction", {})]:
-        k, q = rsm(x, kernel="inner", matcher=matcher, return_quality=True, **opts)
+        info = rsm(x, kernel="inner", matcher=matcher, return_info=True, quality=True, **opts)
+        k, q = info.rsm, info.quality
         if matcher == "auction":      # certified: a lower bound on the ratio, no exact solve
             assert (q[off] <= k[off] / exact[off] + 1e-6).all()
         else:
@@ -221,6 +222,57 @@ def test_return_quality_ratios():
             assert q[off].min() > 0.93
         if matcher == "auction":
             assert q[off].min() > 0.99
+
+
+def test_result_mirrors_input_and_extras_come_only_with_return_info(tmp_path):
+    """The contract: array in -> (N, N) array; dict in -> dict with the same names in the
+    same order (also when layers of different shapes are grouped); kernel sequence -> dict
+    per kernel; everything else only via return_info=True -> SemanticRSM."""
+    from repsim_jax._results import load_result
+    from repsim_jax.semantic import SemanticRSM
+    rng = np.random.default_rng(21)
+    x = np.maximum(rng.normal(size=(6, 12, 5)), 0).astype(np.float32)
+    big = np.maximum(rng.normal(size=(6, 3, 3, 4)), 0).astype(np.float32)
+    layers = {"z": big, "a": x, "m": x[:, ::-1]}     # "a" and "m" share a shape group
+    plain = rsm(x, matcher="greedy")
+    assert isinstance(plain, np.ndarray) and plain.shape == (6, 6)
+    multi = rsm(x, kernel=("inner", "rbf"), matcher="greedy")
+    assert list(multi) == ["inner", "rbf"]
+    per_layer = rsm(layers, kernel=("inner", "rbf"), matcher="greedy")
+    assert list(per_layer) == ["z", "a", "m"] and list(per_layer["m"]) == ["inner", "rbf"]
+    np.testing.assert_allclose(per_layer["a"]["inner"], multi["inner"], rtol=1e-6)
+    info = rsm(layers, kernel="inner", matcher="greedy", return_info=True, quality=True)
+    assert isinstance(info, SemanticRSM) and info.layers == ("z", "a", "m")
+    assert info.kernels == ("inner",) and info.bound is None      # greedy: no certificate
+    assert list(info.rsm) == list(info.quality) == ["z", "a", "m"]
+    np.testing.assert_allclose(info.rsm["a"], multi["inner"], rtol=1e-6)
+    # quality = matched / exact, from the exact matcher run separately
+    ex = rsm(layers, kernel="inner", matcher="exact")
+    off = ~np.eye(6, dtype=bool)
+    for nm in layers:
+        np.testing.assert_allclose(info.quality[nm][off], info.rsm[nm][off] / ex[nm][off],
+                                   rtol=1e-5)
+    # the deprecated return_quality: a warning naming the replacement, the same numbers
+    with pytest.warns(DeprecationWarning, match="return_info=True, quality=True"):
+        old_k, old_q = rsm(layers, kernel="inner", matcher="greedy", return_quality=True)
+    assert list(old_q) == ["z", "a", "m"]
+    for nm in layers:
+        np.testing.assert_array_equal(old_q[nm], info.quality[nm])
+        np.testing.assert_array_equal(old_k[nm], info.rsm[nm])
+    with pytest.warns(DeprecationWarning, match="return_quality"):
+        _, q1 = rsm(x, kernel="inner", matcher="greedy", return_quality=True)
+    np.testing.assert_array_equal(q1, info.quality["a"])
+    # certified matcher, array input: bound and quality of the same (N, N) structure
+    cert = rsm(x, kernel="cosine", matcher="auction", return_info=True, quality=True,
+               mesh=None)
+    assert cert.layers is None and cert.bound.shape == cert.quality.shape == (6, 6)
+    assert rsm(x, matcher="greedy", return_info=True).quality is None     # only when asked
+    with pytest.raises(InputError, match="return_info=True"):
+        rsm(x, matcher="greedy", quality=True)
+    name, d = load_result(info.save(tmp_path / "srsm"))
+    assert name == "SemanticRSM" and d["layers"] == ["z", "a", "m"]
+    assert list(d["rsm"]) == ["z", "a", "m"]
+    np.testing.assert_array_equal(d["quality"]["m"], info.quality["m"])
 
 
 def test_drop_first_token():

@@ -72,7 +72,7 @@ def test_auction_quality_on_trained_activations(trained):
     0.997, worst pair 0.976 with the dual-ranked candidates (0.994 / 0.92 without them)."""
     model, data, activations = trained
     reps = np.asarray(activations(model, data.images[:64], [LAYER])[LAYER])
-    _, q = rsm(reps, kernel="inner", matcher="auction", return_quality=True)
+    q = rsm(reps, kernel="inner", matcher="auction", return_info=True, quality=True).quality
     off = ~np.eye(64, dtype=bool)
     assert q[off].mean() >= 0.99
     assert q[off].min() >= 0.95
