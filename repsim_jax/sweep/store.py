@@ -331,11 +331,11 @@ class ChunkedActivations:
 class ActivationStore:
     """``OUT/activations/p<process>/<model>/<layer>`` zarr v3 arrays, written batch by batch.
 
-    Why zarr (not tensorstore): zarr 3 is pure Python, already a dependency of the data
-    extra, writes the v3 format that tensorstore (and any zarr reader) can open, and needs
-    nothing else for this single-writer, append-along-N pattern. On Python 3.10 (zarr 3
-    needs 3.11) the same layout falls back to one numpy memmap (``.npy``) per layer. Chunks run along the input
-    axis (``chunk_images`` inputs x the whole per-input shape), uncompressed: activations
+    Why zarr (not tensorstore): zarr 3 is pure Python, a core dependency of the package
+    (pyproject.toml, Python >= 3.11), writes the v3 format that tensorstore (and any zarr
+    reader) can open, and needs nothing else for this single-writer, append-along-N
+    pattern. On Python 3.10 (zarr 3 needs 3.11) the same layout falls back to one numpy
+    memmap (``.npy``) per layer. Chunks run along the input axis (``chunk_images`` inputs x the whole per-input shape), uncompressed: activations
     compress poorly and decompression would cost more CPU than the disk read.
     A ``<model>/<group>.done`` marker is written after the last batch, so an interrupted
     write is redone on resume instead of trusted.
