@@ -41,7 +41,7 @@ from repsim_jax._checks import InputError
 
 __all__ = ["IMAGE_SUFFIXES", "FolderIndex", "scan", "open_rgb", "check_files",
            "target_geometry", "apply_geometry", "decode_image", "load_image_item",
-           "describe_geometry"]
+           "describe_geometry", "describe_rule"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 _EXIF_SWAP = {5, 6, 7, 8}      # EXIF orientations that swap width and height
@@ -220,12 +220,15 @@ def describe_geometry(sizes: Sequence[tuple[int, int]], pre, out_hw) -> str:
         hs = [s[0] for s in sizes]
         ws = [s[1] for s in sizes]
         size_in = (f"{len(distinct)} sizes, H {min(hs)}..{max(hs)}, W {min(ws)}..{max(ws)}")
+    return f"{len(sizes)} images in {size_in} -> {out_hw[0]}x{out_hw[1]}: {describe_rule(pre)}"
+
+
+def describe_rule(pre) -> str:
+    """The resize/crop rule of ``pre`` in words (the end of :func:`describe_geometry`)."""
     if pre is None or pre.resize == "none" or pre.size is None:
-        rule = "kept as they are (resize='none')"
-    elif pre.resize == "resize":
-        rule = f"resized to {pre.size[0]}x{pre.size[1]} ({pre.interpolation})"
-    else:
-        rule = (f"shorter side to {int(round(min(pre.size) / float(pre.crop_pct)))}, centre "
-                f"crop {pre.size[0]}x{pre.size[1]} (crop_pct={pre.crop_pct:g}, "
-                f"{pre.interpolation})")
-    return f"{len(sizes)} images in {size_in} -> {out_hw[0]}x{out_hw[1]}: {rule}"
+        return "kept as they are (resize='none')"
+    if pre.resize == "resize":
+        return f"resized to {pre.size[0]}x{pre.size[1]} ({pre.interpolation})"
+    return (f"shorter side to {int(round(min(pre.size) / float(pre.crop_pct)))}, centre "
+            f"crop {pre.size[0]}x{pre.size[1]} (crop_pct={pre.crop_pct:g}, "
+            f"{pre.interpolation})")

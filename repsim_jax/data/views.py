@@ -20,7 +20,8 @@ import numpy as np
 
 from repsim_jax._checks import InputError
 
-__all__ = ["MappedView", "in_memory", "is_source", "gather", "chunks", "check_range"]
+__all__ = ["MappedView", "in_memory", "is_source", "gather", "subset", "chunks",
+           "check_range"]
 
 
 def in_memory(x) -> bool:
@@ -60,6 +61,13 @@ def gather(source, indices, chunk: int | None = None) -> np.ndarray:
         return np.asarray(source[idx])
     return np.concatenate([np.asarray(source[idx[i:i + chunk]])
                            for i in range(0, len(idx), chunk)])
+
+
+def subset(source, indices):
+    """Items ``indices`` of ``source``: indexed now for an in-memory array, else a view read
+    on demand (nothing is decoded until its items are asked for)."""
+    idx = np.asarray(indices, np.int64).reshape(-1)
+    return source[idx] if in_memory(source) else _Subset(source, idx)
 
 
 def chunks(source, chunk: int, start: int = 0, stop: int | None = None) -> Iterator:

@@ -25,10 +25,16 @@ def summary_strip(images, class_summary, members: Sequence[int], *, height: int 
                   gap: int = 4) -> np.ndarray:
     """(height, W, 3) float image: the crops of ``members`` (region indices) side by side,
     exemplar first, separated by white gaps."""
+    from repsim_jax.data.views import gather
     regions = class_summary.regions
+    members = [int(r) for r in members]
+    # only the images drawn are read (one request; a lazy source is never materialised)
+    ids = np.asarray([class_summary.image_indices[regions.image_ids[r]] for r in members],
+                     np.int64)
+    drawn = gather(images, ids) if len(ids) else None
     tiles = []
-    for r in members:
-        img = np.asarray(images[class_summary.image_indices[regions.image_ids[r]]])
+    for k, r in enumerate(members):
+        img = np.asarray(drawn[k])
         y0, x0, y1, x1 = regions.boxes[r]
         tile = _resize(np.clip(img[y0:y1, x0:x1, :3], 0, 1), height)
         tiles += [tile, np.ones((height, gap, 3))]
@@ -42,8 +48,10 @@ def save_summaries(result, images, out_dir, *, class_names: Sequence[str] | None
     every class of a :class:`~repsim_jax.summaries.pipeline.SummaryResult`; returns the
     paths.
 
-    ``images`` are the caller's full image array (the result indexes into it).
+    ``images`` are the caller's full images (the result indexes into them): an array or a
+    lazy source (:mod:`repsim_jax.data.views`), of which only the images drawn are read.
     """
+    from repsim_jax.data.views import subset
     from repsim_jax import _plotting as plt
 
     out = Path(out_dir)
@@ -59,7 +67,7 @@ def save_summaries(result, images, out_dir, *, class_names: Sequence[str] | None
         if masks and result.masks is not None and len(cs.image_indices):
             where = {int(i): k for k, i in enumerate(result.image_indices)}
             pos = [where[int(i)] for i in cs.image_indices]
-            paths.append(save_masks(np.asarray(images)[result.image_indices], result.masks,
+            paths.append(save_masks(subset(images, result.image_indices), result.masks,
                                     folder / "masks.png", indices=pos))
     return paths
 
@@ -67,20 +75,22 @@ def save_summaries(result, images, out_dir, *, class_names: Sequence[str] | None
 def save_masks(images, mask_result, path, *, indices: Sequence[int] | None = None,
                max_images: int = 8, titles: Sequence[str] | None = None) -> Path:
     """One figure: per image the input, the smooth and sharp masks (1 - m: what was
-    deleted) and the perturbed image; rows = images. ``images`` align with the masks."""
+    deleted) and the perturbed image; rows = images. ``images`` align with the masks (an
+    array or a lazy source: only the rows drawn are read)."""
     from repsim_jax import _plotting as plt
+    from repsim_jax.data.views import gather
     from repsim_jax.summaries.masks import blur_images, perturb
 
-    images = np.asarray(images, np.float32)
     idx = np.asarray(indices if indices is not None
-                     else np.flatnonzero(mask_result.kept))[:max_images]
+                     else np.flatnonzero(mask_result.kept), np.int64)[:max_images]
     if idx.size == 0:
-        idx = np.arange(min(len(images), max_images))
+        idx = np.arange(min(int(images.shape[0]), max_images))
+    drawn = np.asarray(gather(images, idx), np.float32)
     fig, axes = plt.subplots(len(idx), 4, figsize=(8, 2 * len(idx)), squeeze=False)
-    blurred = np.asarray(blur_images(images[idx]))
+    blurred = np.asarray(blur_images(drawn))
     for row, i in enumerate(idx):
-        pert = np.asarray(perturb(images[i], blurred[row], mask_result.sharp[i]))
-        panels = [(images[i, ..., :3], "input"), (1 - mask_result.smooth[i], "smooth 1-m"),
+        pert = np.asarray(perturb(drawn[row], blurred[row], mask_result.sharp[i]))
+        panels = [(drawn[row, ..., :3], "input"), (1 - mask_result.smooth[i], "smooth 1-m"),
                   (1 - mask_result.sharp[i], "sharp 1-m"), (pert[..., :3], "perturbed")]
         for col, (im, t) in enumerate(panels):
             ax = axes[row, col]

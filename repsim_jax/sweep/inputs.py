@@ -16,7 +16,8 @@ from repsim_jax._checks import InputError, unknown_name
 from repsim_jax.data.dataset import Dataset
 from repsim_jax.sweep.config import DataSpec, ModelSpec
 
-__all__ = ["SweepData", "load_data", "load_model", "images_for", "PrecomputedActivations",
+__all__ = ["SweepData", "load_data", "load_model", "images_for", "adaptation_line",
+           "PrecomputedActivations",
            "load_activations", "check_activations_length", "load_factory_model",
            "load_hf_model"]
 
@@ -213,22 +214,49 @@ def load_model(spec: ModelSpec, seed: int = 0, *, progress: bool | None = None):
     return models.build(spec.arch, num_classes=spec.num_classes, rngs=nnx.Rngs(seed))
 
 
+def _adaptation(model, in_hwc):
+    """What :func:`images_for` does to images of shape ``in_hwc``: ``(out (H, W, C),
+    resample)`` with ``resample`` None (the size is kept), ``"rule"`` (the model's
+    preprocessing rule) or ``"bilinear"`` (to its ``input_shape``)."""
+    from repsim_jax.models.preprocess import preprocess_of
+    pre = preprocess_of(model)
+    hin, win, cin = (int(v) for v in in_hwc)
+    hwc = getattr(model, "input_shape", None)
+    if hwc is None:
+        h, w, c = (*(pre.size or (hin, win)), cin)
+    else:
+        h, w, c = (int(v) for v in hwc)
+    if pre.size is not None and pre.resize != "none":
+        # images already at the model's size went through its rule when they were decoded
+        # (the sweep loads them with the first model's preprocessing): never a second time
+        out = (*pre.size, c)
+        return out, None if (hin, win) == tuple(pre.size) else "rule"
+    return (h, w, c), None if (hin, win) == (h, w) else "bilinear"
+
+
+def adaptation_line(model, in_hwc) -> str | None:
+    """One line (size in, size out, rule) for the resample :func:`images_for` applies to
+    images of shape ``in_hwc``, or None when it keeps their size."""
+    from repsim_jax.data.folder import describe_rule
+    from repsim_jax.models.preprocess import preprocess_of
+    out, how = _adaptation(model, in_hwc)
+    if how is None:
+        return None
+    rule = describe_rule(preprocess_of(model)) if how == "rule" else \
+        f"resized to {out[0]}x{out[1]} (bilinear, the model's input_shape)"
+    return f"{in_hwc[0]}x{in_hwc[1]} -> {out[0]}x{out[1]}: {rule}"
+
+
 def images_for(model, images: np.ndarray) -> np.ndarray:
     """``images`` channel-adapted and resized for ``model``: by its preprocessing's resize
-    rule when it has one (``model.preprocess``: e.g. ImageNet's shorter side + centre crop),
-    else bilinearly to its ``input_shape`` (a model with neither takes them as they are)."""
+    rule when it has one (``model.preprocess``: e.g. ImageNet's shorter side + centre crop)
+    and they are not at its size already, else bilinearly to its ``input_shape`` (a model
+    with neither takes them as they are); :func:`adaptation_line` describes it."""
     import jax
 
     from repsim_jax.models.preprocess import preprocess_of, resize_array, to_unit_range
     x = to_unit_range(images)            # uint8 -> [0, 1]; float must be in [0, 1]
-    pre = preprocess_of(model)
-    hwc = getattr(model, "input_shape", None)
-    if hwc is None:
-        h, w, c = (*(pre.size or x.shape[1:3]), x.shape[-1])
-    else:
-        h, w, c = tuple(hwc)
-    if pre.size is not None and pre.resize != "none" and x.shape[-1] == c:
-        return resize_array(x, pre)
+    (h, w, c), how = _adaptation(model, x.shape[1:])
     if x.shape[-1] != c:
         if x.shape[-1] == 1 and c == 3:
             x = np.repeat(x, 3, axis=-1)
@@ -236,8 +264,8 @@ def images_for(model, images: np.ndarray) -> np.ndarray:
             x = x.mean(-1, keepdims=True)
         else:
             raise InputError(f"images have {x.shape[-1]} channels but the model expects {c}")
-        if pre.size is not None and pre.resize != "none":
-            return resize_array(x, pre)
-    if x.shape[1:3] != (h, w):
+    if how == "rule":
+        return resize_array(x, preprocess_of(model))
+    if how == "bilinear":
         x = np.asarray(jax.image.resize(x, (x.shape[0], h, w, c), "bilinear"))
     return x

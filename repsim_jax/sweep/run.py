@@ -60,8 +60,8 @@ from repsim_jax._checks import InputError, unknown_name
 from repsim_jax.sweep import plan as plan_mod
 from repsim_jax.sweep.config import SweepConfig, SweepError, check_config, config_hash
 from repsim_jax.sweep.inputs import (PrecomputedActivations, SweepData,
-                                    check_activations_length, images_for, load_data,
-                                    load_model)
+                                    adaptation_line, check_activations_length, images_for,
+                                    load_data, load_model)
 from repsim_jax.sweep.hosts import Hosts, JaxKV
 from repsim_jax.sweep.store import Store, atomic_write_text
 
@@ -364,6 +364,12 @@ def _run(cfg: SweepConfig, hosts: Hosts, progress, echo, write_report) -> Path:
     runnable = [m for m in models.values() if not isinstance(m, PrecomputedActivations)]
     data = load_data(cfg.data, preprocess=runnable[0] if runnable else None, seed=cfg.seed,
                      echo=say)
+    # the other models get those images resampled again to their own input: said once each
+    for name, m in models.items():
+        again = None if isinstance(m, PrecomputedActivations) else \
+            adaptation_line(m, tuple(data.images.shape[1:]))
+        if again:
+            say(f"data for model {name!r}: resampled again from the loaded images, {again}")
     adapters.check_data(cfg.methods, data)
     for m in models.values():
         if isinstance(m, PrecomputedActivations):

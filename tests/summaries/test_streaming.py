@@ -55,3 +55,25 @@ def test_mapped_view_reads_its_base_in_batches(recording):
     np.testing.assert_array_equal(view[np.array([12, 0, 5])], 1.0 - x[[12, 0, 5]])
     np.testing.assert_array_equal(view.take([3, 7, 8])[1:], 1.0 - x[[7, 8]])
     src.check_bounded(4)
+
+
+def test_saved_pictures_read_only_the_images_they_draw(recording, tmp_path):
+    from repsim_jax.summaries import plots
+    x, y = _squares()
+    res = pipeline.visual_summaries(logits_fn, x, y, images_per_class=4, smooth_steps=3,
+                                    sharp_steps=3, batch_size=8, baseline="mean",
+                                    progress=False)
+    assert sum(cs.n_summaries for cs in res.classes.values()) >= 1   # something to draw
+    ref = plots.save_summaries(res, x, tmp_path / "mem", class_names=["red", "blue"])
+    src = recording(x)
+    got = plots.save_summaries(res, src, tmp_path / "lazy", class_names=["red", "blue"])
+    # the images drawn: every strip's members, up to 8 images per class's mask figure
+    drawn = sum(len(m) for cs in res.classes.values() for m in cs.summaries) + sum(
+        min(8, len(cs.image_indices)) for cs in res.classes.values())
+    assert sum(src.requests) == drawn and max(src.requests) < len(x)
+    # the same pictures as from the images in memory
+    import matplotlib.pyplot as plt
+    assert [p.relative_to(tmp_path / "mem") for p in ref] == \
+        [p.relative_to(tmp_path / "lazy") for p in got]
+    for a, b in zip(ref, got):
+        np.testing.assert_array_equal(plt.imread(a), plt.imread(b), err_msg=str(a))
