@@ -144,7 +144,7 @@ def solve(cost, matcher: str = "exact", *, solver: str = "host", norms_a=None,
     nb_ = flat.shape[0]
     gap = diag.get("gap")
     if gap is None:
-        gap = (jnp.zeros(nb_) if matcher == "exact"
+        gap = (jnp.zeros(nb_) if slv.optimal
                else row_bound(flat.astype(jnp.float32), score))
     rs = lambda a: np.asarray(a).reshape(lead + np.shape(a)[1:])  # noqa: E731
     return Matching(perm=rs(perm), score=rs(score), gap=rs(gap),

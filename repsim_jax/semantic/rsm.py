@@ -150,7 +150,7 @@ def _rsm_stack(x, kernels, matcher, want_quality, sigma, options):
     mats = {k: kernel_from_statistics(k, n, ii, jj, st.sim, st.dist, sqnorm, sigma=sigma)
             for k in kernels}
     bounds = None
-    if matcher == "exact":
+    if slv.optimal:                              # the optimum: a zero bound
         bounds = {k: np.zeros((L, n, n)) for k in kernels}
     elif st.gap is not None:
         bounds = {}

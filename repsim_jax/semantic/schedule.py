@@ -62,7 +62,7 @@ def _plan_tile(x, i0, j0, li, lj, t, matcher, opts, quality):
     slv = get_solver(matcher)
     plan = _vmapn(functools.partial(slv.plan, **_per_pair(opts)), 2)
     subs, aux = plan(cost, jnp.sqrt(sqa), jnp.sqrt(sqb))
-    if quality and matcher != "exact":
+    if quality and not slv.optimal:
         subs = subs + (cost,)
     return subs, (aux, cost, sqa.sum(-1), sqb.sum(-1))
 
@@ -74,14 +74,14 @@ def _per_pair(opts):
 
 def _finish_tile(sub_perms, state, s, matcher, opts, quality):
     aux, cost, sq_a, sq_b = state
-    n_own = len(sub_perms) - (1 if quality and matcher != "exact" else 0)
     slv = get_solver(matcher)
+    n_own = len(sub_perms) - (1 if quality and not slv.optimal else 0)
     assemble = _vmapn(functools.partial(slv.assemble, s, **_per_pair(opts)), 2)
     perm = assemble(tuple(sub_perms[:n_own]), aux)
     sim, dist = geo.pair_stats(cost, sq_a, sq_b, perm)
     if not quality:
         return sim, dist, None
-    if matcher == "exact":
+    if slv.optimal:
         return sim, dist, sim
     return sim, dist, geo.matched_score(cost, sub_perms[-1])
 
@@ -122,7 +122,7 @@ def default_block_bytes(matcher: str = "exact") -> int:
     """
     if jax.default_backend() != "cpu":
         return 256 << 20
-    return (1 << 20) if matcher == "auction" else (32 << 20)
+    return get_solver(matcher).cpu_block_bytes
 
 
 def _tile_size(n, s, L, max_block_bytes, block_pairs):
@@ -490,11 +490,8 @@ def pair_statistics(x, *, matcher: str = "exact", solver: str = "auto",
     # RSM tiles under the library's progress= convention (repsim_jax._progress)
     bar = _progress.bar(1, desc=f"semantic rsm ({matcher})", unit="tile", progress=progress)
     try:
-        if matcher == "auction":
-            if checked.get("tol") is not None and checked["cost_dtype"] != "float32":
-                from repsim_jax._checks import InputError
-                raise InputError("matcher 'auction': the certificate (tol) needs float32 "
-                                 f"costs; cost_dtype={checked['cost_dtype']!r} needs tol=None")
+        if slv.work_items:           # declared by the solver (the auction), not its name
+            slv.check_run(checked)
             use_host = solver == "host" and mesh is None and auc.host_auction_available()
             sim, dist, gap, fb = _auction_statistics(x, opts, mesh, max_block_bytes,
                                                      block_pairs, bar, use_host)

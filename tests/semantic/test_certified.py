@@ -154,6 +154,35 @@ def test_registry_and_option_errors():
         rsm(x, matcher="auctoin")
 
 
+def test_scheduler_reads_capabilities_not_names(monkeypatch):
+    """The auction's work-item pipeline, its CPU block size and the exact matcher's zero
+    bound come from what the registry entry declares: copies registered under other names
+    give the same RSMs and bounds."""
+    import dataclasses
+    from repsim_jax.semantic.schedule import default_block_bytes
+    from repsim_jax.semantic.solvers import SOLVERS, get_solver
+    caps = {n: (s.optimal, s.work_items) for n, s in SOLVERS.items()}
+    assert caps["exact"] == (True, False) and caps["auction"] == (False, True)
+    assert all(c == (False, False) for n, c in caps.items() if n not in ("exact", "auction"))
+    monkeypatch.setitem(SOLVERS, "my_auction",
+                        dataclasses.replace(get_solver("auction"), name="my_auction"))
+    monkeypatch.setitem(SOLVERS, "my_exact",
+                        dataclasses.replace(get_solver("exact"), name="my_exact"))
+    assert default_block_bytes("my_auction") == default_block_bytes("auction")
+    rng = np.random.default_rng(8)
+    x = np.maximum(rng.normal(size=(6, 16, 8)), 0).astype(np.float32)
+    for name, copy in (("auction", "my_auction"), ("exact", "my_exact")):
+        a = rsm(x, kernel=KERNELS, matcher=name, return_info=True, quality=True, mesh=None)
+        b = rsm(x, kernel=KERNELS, matcher=copy, return_info=True, quality=True, mesh=None)
+        for k in KERNELS:
+            np.testing.assert_array_equal(b.rsm[k], a.rsm[k])
+            np.testing.assert_array_equal(b.bound[k], a.bound[k])
+        np.testing.assert_array_equal(b.quality, a.quality)
+    assert np.all(b.bound["cosine"] == 0) and np.all(b.quality == 1)     # exact: optimal
+    with pytest.raises(InputError, match="needs float32"):
+        rsm(x, matcher="my_auction", cost_dtype="bfloat16")
+
+
 def test_sinkhorn_diagnostics_rounding_and_bound():
     rng = np.random.default_rng(4)
     x = np.maximum(rng.normal(size=(7, 30, 16)), 0).astype(np.float32)

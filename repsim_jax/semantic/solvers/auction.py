@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from repsim_jax._checks import InputError
 from repsim_jax.semantic.host import numba_kernel
 from repsim_jax.semantic.solvers.base import Option, Solver, register
 
@@ -612,6 +613,11 @@ class _Auction(Solver):
             opts["cost_dtype"] = auction_cost_dtype()
         return opts
 
+    def check_run(self, opts):
+        if opts.get("tol") is not None and opts["cost_dtype"] != "float32":
+            raise InputError("matcher 'auction': the certificate (tol) needs float32 "
+                             f"costs; cost_dtype={opts['cost_dtype']!r} needs tol=None")
+
     _KEEP = ("k", "eps", "init_iters", "init_eps", "bidders", "max_bids", "dual_eps")
 
     def plan(self, cost, norms_a, norms_b, **opts):
@@ -624,7 +630,8 @@ class _Auction(Solver):
         return perm, {"gap": gap, "iterations": steps, "converged": steps < limit}
 
 
-AUCTION = register(_Auction(name="auction", certified=True, options={
+AUCTION = register(_Auction(name="auction", certified=True, work_items=True,
+                            cpu_block_bytes=1 << 20, options={
     "k": Option(32, "int", doc="candidate column groups per row"),
     "eps": Option(1e-2, "frac", doc="a fraction of the costs' row range"),
     "init_iters": Option(0, "nonneg"),

@@ -72,6 +72,15 @@ class Solver:
     options: Mapping[str, Option] = field(default_factory=dict)
     ingraph: bool = True          # no exact sub-problems (plan's aux is the permutation)
     certified: bool = False       # computes a dual bound on the optimum (``tol``)
+    # capabilities the scheduler reads instead of testing names:
+    optimal: bool = False         # returns the optimum: bound 0, quality 1 with no re-solve
+    work_items: bool = False      # RSMs run on flat (layer, i, j) work items with the
+    #                               solver's certificate (schedule._auction_statistics),
+    #                               not on tiles of plan/assemble
+    cpu_block_bytes: int = 32 << 20   # default bytes of cost matrices at once on CPU
+
+    def check_run(self, opts: Mapping) -> None:
+        """Checks of validated options that only apply to a whole-RSM run (InputError)."""
 
     def defaults(self) -> dict:
         return {k: o.default for k, o in self.options.items()}
