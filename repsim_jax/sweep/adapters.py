@@ -632,12 +632,16 @@ def _sse_per_image(images, rec, chunk: int) -> np.ndarray:
 
 
 def adapt_cladec(unit, ctx) -> dict[str, Any]:
-    """ClaDec decoder and reference auto-encoder of one layer: reconstructions, errors.
+    """ClaDec decoders (one per alpha) and the reference auto-encoder of one layer:
+    reconstructions, errors, retrain accuracies.
 
-    A lazy data set streams: the decoders train on minibatches gathered by index, the
-    reconstructions are lazy views decoded chunk by chunk for the errors and the retrain
-    check, and only the shown grid is stored (in-memory data also keeps every
-    reconstruction, as before)."""
+    ``[cladec] alpha`` is a number or a list; all alphas train as one vmapped step. The
+    grid holds the first inputs, one row of ClaDec decodings per alpha and the
+    auto-encoder's; the table one row per alpha. A lazy data set streams: the decoders
+    train on minibatches gathered by index, the reconstructions are lazy views decoded
+    chunk by chunk for the errors and the retrain check, and only the shown grid is stored
+    (in-memory data also keeps every reconstruction: ``reconstruction`` (N, ...) for one
+    alpha, (A, N, ...) in the order of ``meta["alphas"]`` for several)."""
     from repsim_jax.data.views import gather, in_memory
     opts = ctx.cfg.method_options("cladec")
     fit_cladec = _fn("repsim_jax.cladec.train", "fit_cladec")
@@ -649,49 +653,62 @@ def adapt_cladec(unit, ctx) -> dict[str, Any]:
     streamed = not in_memory(images)
     bs = ctx._batch_size()
     (layer,) = unit.layers
-    alpha = float(opts["alpha"])
+    raw = opts["alpha"]
+    alphas = [float(a) for a in (raw if isinstance(raw, (list, tuple)) else [raw])]
     seed = ctx.seed(unit)
     common = dict(steps=int(opts["steps"]), lr=float(opts["lr"]),
                   batch_size=min(int(opts["batch_size"]), len(images)), seed=seed,
                   progress=_inner(ctx))
-    fit = fit_cladec(model, images, ctx.data.labels, [layer], [alpha], **common)
+    fit = fit_cladec(model, images, ctx.data.labels, [layer], alphas, **common)
     ae = fit_ae(model, images, [layer], **common)
-    rec = reconstruct(fit, images, layer, alpha, batch_size=bs if streamed else 256)
-    rec_ae = reconstruct_ae(ae, images, layer, batch_size=bs if streamed else 256)
+    rbs = bs if streamed else 256
+    recs = [reconstruct(fit, images, layer, a, batch_size=rbs) for a in alphas]
+    rec_ae = reconstruct_ae(ae, images, layer, batch_size=rbs)
     if not streamed:
-        rec, rec_ae = np.asarray(rec, np.float32), np.asarray(rec_ae, np.float32)
+        recs = [np.asarray(r, np.float32) for r in recs]
+        rec_ae = np.asarray(rec_ae, np.float32)
     n_show = min(6, len(images))
     first = np.arange(n_show)
     grid = np.concatenate([np.asarray(gather(x, first, bs), np.float32)
-                           for x in (images, rec, rec_ae)])
-    row = {"model": unit.model, "layer": layer, "alpha": alpha, "steps": int(opts["steps"]),
-           "lr": float(opts["lr"]),
-           "sse_per_image_cladec": float(_sse_per_image(images, rec, bs).mean()),
-           "sse_per_image_ae": float(_sse_per_image(images, rec_ae, bs).mean())}
+                           for x in (images, *recs, rec_ae)])
+    sse_ae = float(_sse_per_image(images, rec_ae, bs).mean())
+    rows = [{"model": unit.model, "layer": layer, "alpha": a, "steps": int(opts["steps"]),
+             "lr": float(opts["lr"]),
+             "sse_per_image_cladec": float(_sse_per_image(images, r, bs).mean()),
+             "sse_per_image_ae": sse_ae} for a, r in zip(alphas, recs)]
     retrain_steps = int(opts.get("retrain_steps", 0))
     if retrain_steps > 0 and len(images) >= 4:
         # the paper's retraining check: a fresh classifier of the same architecture trained
         # on the first half of each image set, accuracy on the second half
         retrain = _fn("repsim_jax.cladec.evaluate", "retrain_accuracy")
         h = len(images) // 2
-        sets = {"input": images, "cladec": rec, "ae": rec_ae}
+        names = [f"cladec alpha={a:g}" for a in alphas]
+        sets = {"input": images, **dict(zip(names, recs)), "ae": rec_ae}
         labels = np.asarray(ctx.data.labels)
         acc = retrain(model, {k: _head(v, h) for k, v in sets.items()}, labels[:h],
                       {k: _tail(v, h) for k, v in sets.items()}, labels[h:],
                       steps=retrain_steps, batch_size=min(32, h), seed=seed,
                       progress=_inner(ctx), **({"eval_batch_size": bs} if streamed else {}))
-        row.update({f"retrain_accuracy_{k}": float(v) for k, v in acc.accuracy.items()})
-        row["retrain_steps"], row["retrain_test_images"] = retrain_steps, len(images) - h
-    arrays = {"grid": grid} if streamed else {"reconstruction": rec,
-                                              "reconstruction_ae": rec_ae, "grid": grid}
-    return {"arrays": arrays, "tables": {"cladec": [row]},
+        for row, name in zip(rows, names):
+            row.update({"retrain_accuracy_input": float(acc["input"]),
+                        "retrain_accuracy_cladec": float(acc[name]),
+                        "retrain_accuracy_ae": float(acc["ae"]),
+                        "retrain_steps": retrain_steps,
+                        "retrain_test_images": len(images) - h})
+    arrays = {"grid": grid}
+    if not streamed:
+        arrays["reconstruction"] = recs[0] if len(recs) == 1 else np.stack(recs)
+        arrays["reconstruction_ae"] = rec_ae
+    al = ", ".join(f"{a:g}" for a in alphas)
+    return {"arrays": arrays, "tables": {"cladec": rows},
             "figures": [{"kind": "images", "array": "grid", "name": "grid", "cols": n_show,
-                         "title": f"{unit.model} {layer}: input / ClaDec (alpha={alpha}) / "
+                         "title": f"{unit.model} {layer}: input / ClaDec (alpha={al}) / "
                                   f"reference AE"}],
-            "meta": {"n_show": n_show, "layer": layer, "alpha": alpha,
+            "meta": {"n_show": n_show, "layer": layer, "alpha": alphas[0], "alphas": alphas,
                      "n_inputs": len(images),
-                     "summary": f"SSE/image ClaDec {row['sse_per_image_cladec']:.2f}, "
-                                f"AE {row['sse_per_image_ae']:.2f}"}}
+                     "summary": "SSE/image " + ", ".join(
+                         f"ClaDec({r['alpha']:g}) {r['sse_per_image_cladec']:.2f}"
+                         for r in rows) + f", AE {sse_ae:.2f}"}}
 
 
 # --------------------------------------------------------------------------- summaries

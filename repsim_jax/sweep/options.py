@@ -40,7 +40,8 @@ __all__ = ["Option", "OPTIONS", "SECTION_CHECKS", "register_options", "check_sec
 _TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false",
                "str": "a string", "layers": "'all', 'last' or a list of layer names",
                "ints": "'all' or a list of integers", "any": "any value",
-               "number_or_str": "a number or a string"}
+               "number_or_str": "a number or a string",
+               "floats": "a number or a non-empty list of numbers"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,8 +49,8 @@ class Option:
     """One configuration key.
 
     kind: "int", "float" (ints accepted), "bool", "str", "layers" ("all" / "last" / a
-      non-empty list of names), "ints" ("all" or a list of integers), "number_or_str",
-      "any".
+      non-empty list of names), "ints" ("all" or a list of integers), "floats" (a number
+      or a non-empty list of numbers; bounds apply to each), "number_or_str", "any".
     lo, hi: inclusive bounds of a number (``lo_open``/``hi_open``: exclusive).
     choices: valid strings, or ``(module, attribute)`` naming a tuple of valid names in a
       method package (read when checked), or a zero-argument callable returning them.
@@ -99,6 +100,9 @@ class Option:
                 isinstance(value, (list, tuple)) and len(value) > 0
                 and all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
                         for v in value)),
+            "floats": _is_real(value) or (
+                isinstance(value, (list, tuple)) and len(value) > 0
+                and all(_is_real(v) for v in value)),
             "any": True,
         }[kind]
         if not ok:
@@ -107,6 +111,9 @@ class Option:
                              f"({type(value).__name__})")
         if kind in ("int", "float") or (kind == "number_or_str" and not isinstance(value, str)):
             self._check_range(value, where)
+        if kind == "floats":
+            for v in (value if isinstance(value, (list, tuple)) else [value]):
+                self._check_range(v, where)
         names = self.valid_names()
         if names is not None and isinstance(value, str) and value not in names:
             import difflib
@@ -125,6 +132,10 @@ class Option:
                     f"{')' if self.hi_open or self.hi is None else ']'}")
             raise InputError(f"{where}: {value!r} is out of range, expected a value in {span}"
                              f"{' (' + self.doc + ')' if self.doc else ''}")
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
 def _int(lo=None, hi=None, **kw) -> Option:
@@ -205,7 +216,8 @@ OPTIONS: dict[str, dict[str, Option]] = {
         "net2vec_images": _int(2, none=True, doc="inputs Net2Vec trains and tests on"),
     },
     "cladec": {
-        "alpha": _frac(),
+        "alpha": Option("floats", 0.0, 1.0,
+                        doc="ClaDec weight of the classification loss, or a list of them"),
         "steps": _int(1),
         "lr": Option("float", 0.0, lo_open=True),
         "batch_size": _int(1),
@@ -290,10 +302,16 @@ def _distributed_ids(values: Mapping[str, Any]) -> None:
                          f"(num_processes = {n})")
 
 
+def _cladec_alphas(values: Mapping[str, Any]) -> None:
+    a = values.get("alpha")
+    if isinstance(a, (list, tuple)) and len(set(map(float, a))) != len(a):
+        raise InputError(f"[cladec] alpha: {list(a)!r} names the same alpha twice")
+
+
 # Section -> checks of several keys together (after every key passed its own check).
 SECTION_CHECKS: dict[str, list[Callable[[Mapping[str, Any]], None]]] = {
     "semantic": [_semantic_matchers], "invert": [_invert_fractions],
-    "distributed": [_distributed_ids],
+    "distributed": [_distributed_ids], "cladec": [_cladec_alphas],
 }
 
 

@@ -570,6 +570,8 @@ def net2vec_by_model(units) -> dict[str, tuple[np.ndarray, list[str], list[str],
 
 
 def _cladec_section(units, figs: _Figures) -> str:
+    """Per layer: the grid (inputs, one ClaDec row per alpha, auto-encoder) next to a table
+    of errors and retrain accuracies with one column per alpha."""
     from repsim_jax.sweep import figures as F
     out = []
     for key, res in units:
@@ -578,27 +580,39 @@ def _cladec_section(units, figs: _Figures) -> str:
         if "grid" not in A or not rows:
             continue
         r = rows[0]
-        n = int(meta.get("n_show", len(A["grid"]) // 3))
+        alphas = [row["alpha"] for row in rows]
+        n = int(meta.get("n_show", len(A["grid"]) // (len(rows) + 2)))
         g = A["grid"]
-        fig = F.image_rows([g[:n], g[n:2 * n], g[2 * n:3 * n]],
-                           ["input", f"ClaDec\nalpha={r['alpha']:g}", "auto-\nencoder"])
-        cap = (f"<b>{_e(r['model'])} {_e(r['layer'])}</b>, alpha={r['alpha']:g}: the first {n} "
-               f"of the N={meta.get('n_inputs', '?')} inputs (all used for training), the ClaDec decoding of the layer (decoder trained with reconstruction "
-               f"+ classification loss, {r['steps']} steps) and the reference auto-encoder's "
-               f"reconstruction through the same layer; errors and retrain accuracies in the "
-               f"table.")
-        stats = {"SSE per image, ClaDec": r.get("sse_per_image_cladec"),
-                 "SSE per image, auto-encoder": r.get("sse_per_image_ae")}
-        for k in ("input", "cladec", "ae"):
-            if f"retrain_accuracy_{k}" in r:
-                stats[f"retrain accuracy on {k} images"] = r[f"retrain_accuracy_{k}"]
+        parts = [g[i * n:(i + 1) * n] for i in range(len(rows) + 2)]
+        fig = F.image_rows(parts, ["input"] + [f"ClaDec\nalpha={a:g}" for a in alphas]
+                           + ["auto-\nencoder"])
+        al = ", ".join(f"{a:g}" for a in alphas)
+        cap = (f"<b>{_e(r['model'])} {_e(r['layer'])}</b>, alpha={al}: the first {n} "
+               f"of the N={meta.get('n_inputs', '?')} inputs (all used for training), the "
+               f"ClaDec decoding of the layer for each alpha (decoder trained with "
+               f"reconstruction + alpha x classification loss, {r['steps']} steps) and the "
+               f"reference auto-encoder's reconstruction through the same layer; errors and "
+               f"retrain accuracies in the table.")
+        cols = [f"alpha={a:g}" for a in alphas]
+
+        def line(name, field):
+            return {"quantity": name, **{c: row.get(field) for c, row in zip(cols, rows)}}
+        stats = [line("SSE per image, ClaDec", "sse_per_image_cladec"),
+                 {"quantity": "SSE per image, auto-encoder",
+                  cols[0]: r.get("sse_per_image_ae")}]
         if "retrain_steps" in r:
-            stats["retrain: steps / test images"] = (f"{r['retrain_steps']} / "
-                                                     f"{r['retrain_test_images']}")
-        table = _html_table([{"quantity": k, "value": v} for k, v in stats.items()], None)
+            stats += [{"quantity": "retrain accuracy on input images",
+                       cols[0]: r.get("retrain_accuracy_input")},
+                      line("retrain accuracy on cladec images", "retrain_accuracy_cladec"),
+                      {"quantity": "retrain accuracy on ae images",
+                       cols[0]: r.get("retrain_accuracy_ae")},
+                      {"quantity": "retrain: steps / test images",
+                       cols[0]: f"{r['retrain_steps']} / {r['retrain_test_images']}"}]
+        table = _html_table(stats, None)
         note = ("<p class=note>Retrain accuracy: a fresh classifier of the explained "
                 "architecture trained on the first half of each image set, tested on the "
-                "second half.</p>" if "retrain_steps" in r else
+                "second half (input and auto-encoder rows do not depend on alpha).</p>"
+                if "retrain_steps" in r else
                 "<p class=note>(retrain accuracies off: cladec.retrain_steps = 0)</p>")
         out.append(f"<h3>{_e(key)}</h3><div class=row>{figs.add(fig, key, 'grid', cap)}"
                    f"<div>{table}{note}</div></div>")

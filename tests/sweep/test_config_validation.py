@@ -60,6 +60,11 @@ BAD = [
      r"\[concepts\] metric: unknown value 'cos'\. Did you mean 'cosine'\?"),
     ({"concepts": {"k": -1}}, InputError, r"\[concepts\] k: -1 is out of range"),
     ({"cladec": {"alpha": 2}}, InputError, r"\[cladec\] alpha: 2 is out of range.*\[0, 1\]"),
+    ({"cladec": {"alpha": [0.1, 1.5]}}, InputError,
+     r"\[cladec\] alpha: 1.5 is out of range.*\[0, 1\]"),
+    ({"cladec": {"alpha": []}}, InputError, r"\[cladec\] alpha: expected a number or a "
+     r"non-empty list of numbers"),
+    ({"cladec": {"alpha": [0.5, 0.5]}}, InputError, r"names the same alpha twice"),
     ({"cladec": {"lr": 0}}, InputError, r"\[cladec\] lr: 0 is out of range.*\(0, inf\)"),
     ({"summaries": {"classes": [0, "a"]}}, InputError,
      r"\[summaries\] classes: expected 'all' or a list of integers"),

@@ -47,6 +47,9 @@ CLADEC_ROW = {"model": "m1", "layer": "conv3", "alpha": 0.5, "steps": 7, "lr": 1
               "retrain_accuracy_ae": 0.5625, "retrain_steps": 11, "retrain_test_images": 6}
 
 
+CLADEC_ALPHAS = [(0.05, 4.5, 0.375), (0.5, 9.75, 0.9375)]
+
+
 def _units() -> dict[str, dict]:
     n = 4
     img = RNG.random((n, 12, 12, 3)).astype(np.float32)
@@ -67,6 +70,14 @@ def _units() -> dict[str, dict]:
             "tables": {"cladec": [CLADEC_ROW]}, "figures": [],
             "meta": {"n_show": n, "layer": "conv3", "alpha": 0.5, "n_inputs": 12,
                      "summary": "planted"}},
+        "cladec__m1__fc": {       # two alphas: one grid row and one table column each
+            "arrays": {"grid": RNG.random((4 * n, 12, 12, 3)).astype(np.float32)},
+            "tables": {"cladec": [{**CLADEC_ROW, "layer": "fc", "alpha": a,
+                                   "sse_per_image_cladec": sse,
+                                   "retrain_accuracy_cladec": acc}
+                                  for a, sse, acc in CLADEC_ALPHAS]}, "figures": [],
+            "meta": {"n_show": n, "layer": "fc", "alpha": 0.05, "alphas": [0.05, 0.5],
+                     "n_inputs": 12, "summary": "planted"}},
         "summaries__m1__all": {
             "arrays": {"image_indices": np.arange(n), "sharp_masks": sharp,
                        "mask_tiles": np.concatenate([img, np.repeat(sharp[..., None], 3, -1),
@@ -165,6 +176,17 @@ def test_concepts_cladec_summaries_sections_render(planted):
         assert row[k] == CLADEC_ROW[k]
         assert float(shown[label]) == row[k], (k, shown)
     assert "11 / 6" in sec                              # retrain steps / test images
+    # two alphas: a grid of input + 2 ClaDec rows + AE, the table one column per alpha
+    assert "cladec__m1__fc__00_grid.png" in names
+    grid = mpimg.imread(io.BytesIO(figs["cladec__m1__fc__00_grid.png"]), format="png")
+    one = mpimg.imread(io.BytesIO(figs["cladec__m1__conv3__00_grid.png"]), format="png")
+    assert grid.shape[1] == one.shape[1] and grid.shape[0] > one.shape[0] * 1.2
+    fc = sec[sec.index("<h3>cladec__m1__fc</h3>"):]
+    assert "<th>alpha=0.05</th>" in fc and "alpha=0.5</th>" in fc and "alpha=0.05, 0.5" in fc
+    for label, field in (("SSE per image, ClaDec", 1), ("retrain accuracy on cladec images", 2)):
+        vals = re.search(label + r"</td>(.*?)</tr>", fc).group(1)
+        got = [float(v) for v in re.findall(r"<td[^>]*>([^<]*)</td>", vals)]
+        assert got == [a[field] for a in CLADEC_ALPHAS], (label, vals)
     # visual summaries: the masks and the class's strip
     assert {"summaries__m1__all__00_masks.png", "summaries__m1__all__01_class0.png"} <= names
     caps = _captions(html)

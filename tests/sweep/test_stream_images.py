@@ -143,3 +143,36 @@ def test_cladec_and_summaries_sweep_stream_a_lazy_data_set(tmp_path, monkeypatch
     (table,) = [k for k in ref if k.startswith("cladec") and k.endswith(":tables")]
     assert "retrain_accuracy_cladec" in ref[table]["cladec"][0]
     _assert_close(got, {k: v for k, v in ref.items() if k not in rec})
+
+
+@pytest.mark.slow   # one ClaDec sweep unit (2 decoders, AE, retrain): ~40 s of CPU
+def test_cladec_sweep_with_several_alphas(tmp_path, own_module):
+    """``[cladec] alpha = [0, 1]``: one decoder per alpha in one unit, a grid row and a
+    table row each; the input / auto-encoder parts shared; the table's errors are those
+    of the stored reconstructions (6 images: the grid shows all of them)."""
+    cfg = C.from_dict({**CFG, "methods": ["cladec"], "output": str(tmp_path / "a"),
+                       "data": {**CFG["data"], "n_images": 6},
+                       "cladec": {**CFG["cladec"], "alpha": [0.0, 1.0]},
+                       "models": [{"name": "small", "factory": "own_models_i15s:make"}]})
+    run_mod.run_sweep(cfg, progress=False, echo=None, write_report=False)
+    store = Store(tmp_path / "a", "", {})
+    (key,) = store.finished_units()
+    unit = store.load(key)
+    A, rows, meta = unit["arrays"], unit["tables"]["cladec"], unit["meta"]
+    assert [r["alpha"] for r in rows] == [0.0, 1.0] == meta["alphas"]
+    rec, ae, grid = A["reconstruction"], A["reconstruction_ae"], A["grid"]
+    assert rec.shape == (2, 6, 32, 32, 3) and ae.shape == (6, 32, 32, 3)
+    assert meta["n_show"] == 6 and grid.shape == (4 * 6, 32, 32, 3)
+    x = grid[:6]                                   # the inputs as the model sees them
+    np.testing.assert_allclose(grid[6:12], rec[0], atol=1e-6)
+    np.testing.assert_allclose(grid[12:18], rec[1], atol=1e-6)
+    np.testing.assert_allclose(grid[18:], ae, atol=1e-6)
+    assert np.abs(rec[0] - rec[1]).max() > 1e-4    # two different decoders
+    sse = ((rec - x) ** 2).reshape(2, 6, -1).sum(-1).mean(-1)
+    np.testing.assert_allclose([r["sse_per_image_cladec"] for r in rows], sse, rtol=1e-4)
+    sse_ae = ((ae - x) ** 2).reshape(6, -1).sum(-1).mean()
+    for r in rows:                                 # input / AE numbers shared by the rows
+        np.testing.assert_allclose(r["sse_per_image_ae"], sse_ae, rtol=1e-4)
+        for f in ("retrain_accuracy_input", "retrain_accuracy_ae", "retrain_test_images"):
+            assert r[f] == rows[0][f]
+        assert r["retrain_test_images"] == 3 and 0 <= r["retrain_accuracy_cladec"] <= 1
