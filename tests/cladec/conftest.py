@@ -1,7 +1,6 @@
 """Fixtures for the ClaDec tests: scikit-learn digits at 16x16 and a small trained CNN."""
 from __future__ import annotations
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +9,6 @@ import optax
 import pytest
 from flax import nnx
 
-from repsim_jax.data import LazyArray
 from repsim_jax.models.capture import tap
 
 
@@ -87,37 +85,3 @@ def digits_classifier(digits):
 def digits_net():
     """The :class:`DigitsNet` class (test modules cannot import conftest by name)."""
     return DigitsNet
-
-
-def _item(array, i):
-    return array[i]
-
-
-class RecordingSource(LazyArray):
-    """``array`` seen as a lazy source; ``requests`` lists the item count of every read.
-    Reading it as a whole (``np.asarray``) fails the test."""
-
-    def __init__(self, array):
-        array = np.asarray(array)
-        super().__init__(len(array), array.shape[1:], array.dtype,
-                         functools.partial(_item, array), workers=1, name="recorded")
-        self.requests: list[int] = []
-
-    def __getitem__(self, key):
-        k = key[0] if isinstance(key, tuple) else key
-        self.requests.append(1 if isinstance(k, (int, np.integer)) else len(self._indices(k)))
-        return super().__getitem__(key)
-
-    def __array__(self, dtype=None, copy=None):
-        raise AssertionError("the whole source was materialised")
-
-    def check_bounded(self, limit: int) -> None:
-        """Every read asked for at most ``limit`` items, none for the whole set."""
-        assert self.requests, "the source was never read"
-        assert max(self.requests) <= limit, (max(self.requests), limit)
-        assert max(self.requests) < self.n
-
-
-@pytest.fixture
-def recording():
-    return RecordingSource

@@ -4,7 +4,6 @@ of the same sweep over the images in memory."""
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import sys
 import textwrap
@@ -13,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from repsim_jax.data import LazyArray
 from repsim_jax.sweep import config as C
 from repsim_jax.sweep import run as run_mod
 from repsim_jax.sweep.store import Store
@@ -55,27 +53,6 @@ CFG = {
 }
 
 
-def _item(array, i):
-    return array[i]
-
-
-class RecordingSource(LazyArray):
-    """An in-memory array seen as a lazy data set; ``requests`` = item count of every read."""
-
-    def __init__(self, array):
-        super().__init__(len(array), array.shape[1:], array.dtype,
-                         functools.partial(_item, array), workers=1, name="recorded")
-        self.requests: list[int] = []
-
-    def __getitem__(self, key):
-        k = key[0] if isinstance(key, tuple) else key
-        self.requests.append(1 if isinstance(k, (int, np.integer)) else len(self._indices(k)))
-        return super().__getitem__(key)
-
-    def __array__(self, dtype=None, copy=None):
-        raise AssertionError("the whole data set was materialised")
-
-
 @pytest.fixture()
 def own_module(tmp_path, monkeypatch):
     (tmp_path / "own_models_i15s.py").write_text(textwrap.dedent(OWN))
@@ -102,13 +79,13 @@ def _sweep(tmp_path, name, methods):
     return _results(tmp_path / name)
 
 
-def _lazy_sweep(tmp_path, monkeypatch, methods):
+def _lazy_sweep(tmp_path, monkeypatch, methods, recording):
     sources = []
     load_data = run_mod.load_data
 
     def lazy_load_data(*args, **kwargs):
         data = load_data(*args, **kwargs)
-        sources.append(RecordingSource(np.asarray(data.images)))
+        sources.append(recording(np.asarray(data.images)))
         return dataclasses.replace(data, images=sources[-1])
 
     monkeypatch.setattr(run_mod, "load_data", lazy_load_data)
@@ -128,10 +105,10 @@ def _assert_close(a: dict, b: dict):
 
 @pytest.mark.slow   # two small sweeps: ClaDec (+ AE, retrain) and summaries, ~40 s
 def test_cladec_and_summaries_sweep_stream_a_lazy_data_set(tmp_path, monkeypatch,
-                                                           own_module):
+                                                           own_module, recording):
     methods = ["cladec", "summaries"]
     ref = _sweep(tmp_path, "memory", methods)
-    got, src = _lazy_sweep(tmp_path, monkeypatch, methods)
+    got, src = _lazy_sweep(tmp_path, monkeypatch, methods, recording)
     # every read of the data set asked for at most one batch, none for all of it
     assert src.requests and max(src.requests) <= BATCH < len(src)
     (key,) = [k for k in ref if k.endswith(":image_indices")]
